@@ -1,0 +1,318 @@
+"""The ``camstream`` command line: parse and validate at the edge, then hand over one frozen
+Config. Every error here is one clear line and a non-zero exit, before anything starts."""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import getpass
+import logging
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+from camstream import __version__
+from camstream.config import Config, default_runtime_dir, default_users_file
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + line
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def size_arg(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MiB, 500k, 1048576)")
+    unit = (m.group(2) or "b")[0]
+    value = int(float(m.group(1)) * {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit])
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a size must be positive")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="camstream", description=(
+        "Frame-ingest daemon: phones and cameras stream JPEG frames over socket.io; camstream "
+        "authenticates them and fans the frames out to a pool of OpenCV worker processes."))
+    parser.add_argument("--version", action="version", version=f"camstream {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+
+    serve = verbs.add_parser("serve", help="run the daemon (ingest, workers, bus)",
+                             description="Run the daemon: a socket.io ingest process, a pool "
+                             "of OpenCV workers and the bus, under one supervisor.")
+    serve.add_argument("-i", "--ip", default="0.0.0.0",
+                       help="address to listen on (default: %(default)s, every interface)")
+    serve.add_argument("-p", "--port", type=int, default=8080,
+                       help="port for socket.io, /healthz and /metrics (default: %(default)s)")
+    serve.add_argument("-a", "--auth", action="store_true",
+                       help="require a username and password from the users file; without "
+                       "it any credentials are accepted and the username names the stream")
+    serve.add_argument("-d", "--display", action="store_true",
+                       help="also start a display window per client (needs a screen)")
+    serve.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
+                       help="worker processes (default: the CPU count, %(default)s)")
+    serve.add_argument("--users", metavar="FILE", default=default_users_file(),
+                       help="users file, managed with 'camstream users' (default: %(default)s)")
+    add_runtime_dir(serve)
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"],
+                       help="log verbosity (default: %(default)s)")
+    serve.add_argument("--max-frame-size", type=size_arg, default="4MiB", metavar="SIZE",
+                       help="largest JPEG accepted; larger frames are refused with a reason "
+                       "(default: 4MiB, enough for 1280x960 at quality 100)")
+    serve.add_argument("--queue-depth", type=positive_int, default=1, metavar="N",
+                       help="frames a client may have waiting for a worker; when full the "
+                       "oldest is dropped, so the newest frames win (default: %(default)s)")
+    serve.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                       help="bound on a graceful stop, drain included (default: %(default)s)")
+    serve.add_argument("--processor", default="measure", metavar="NAME",
+                       help="what workers do with each frame: a built-in name or "
+                       "module:attr (default: %(default)s)")
+    serve.set_defaults(run=run_serve)
+
+    demo = verbs.add_parser("demo", help="run the daemon on 127.0.0.1 with a demo client",
+                            description="Start 'camstream serve' on 127.0.0.1 and stream "
+                            "synthetic frames into it, then print what was processed.")
+    demo.add_argument("-p", "--port", type=int, default=8080, help="port (default: %(default)s)")
+    demo.add_argument("-w", "--workers", type=positive_int, default=2,
+                      help="worker processes (default: %(default)s)")
+    demo.add_argument("--seconds", type=float, default=20.0,
+                      help="how long to stream; 0 streams until Ctrl-C (default: %(default)s)")
+    demo.add_argument("--fps", type=positive_float, default=10.0,
+                      help="frames per second of the demo client (default: %(default)s)")
+    demo.set_defaults(run=run_demo)
+
+    users = verbs.add_parser("users", help="manage the users file (scrypt hashes)",
+                             description="Add, remove and list users. Passwords are stored "
+                             "as scrypt hashes; a running daemon reloads the file on SIGHUP.")
+    users_verbs = users.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                       required=True)
+    for action, text in (("add", "add a user or change a password"),
+                         ("remove", "remove a user"), ("list", "list the users")):
+        p = users_verbs.add_parser(action, help=text, description=text)
+        if action != "list":
+            p.add_argument("name", help="user name (letters, digits, _ . @ -)")
+        if action == "add":
+            p.add_argument("--password-stdin", action="store_true",
+                           help="read the password from standard input (for scripts) "
+                           "instead of prompting")
+        p.add_argument("--users", metavar="FILE", default=default_users_file(),
+                       help="users file (default: %(default)s)")
+    users.set_defaults(run=run_users)
+
+    send = verbs.add_parser("send", help="reference client: stream frames to a server",
+                            description="Stream JPEG frames to a camstream server, as a phone "
+                            "would, and print sent/accepted/dropped and fps once a second.")
+    send.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
+                      help="server URL (default: %(default)s)")
+    send.add_argument("-u", "--username", default="demo", help="user name (default: demo)")
+    send.add_argument("--password", default="",
+                      help="password (or set CAMSTREAM_PASSWORD; default: empty)")
+    send.add_argument("--source", default="synthetic",
+                      help="'synthetic' (generated frames with a counter and a clock), a "
+                      "video file, a folder of JPEG images, or a camera number "
+                      "(default: %(default)s)")
+    send.add_argument("--size", default="640x480", metavar="WxH",
+                      help="frame size for synthetic frames (default: %(default)s)")
+    send.add_argument("--quality", type=int, default=80,
+                      help="JPEG quality when encoding (default: %(default)s)")
+    send.add_argument("--fps", type=float, default=5.0,
+                      help="frames per second; 0 sends as fast as acks allow "
+                      "(default: %(default)s)")
+    send.add_argument("--count", type=int, default=0,
+                      help="frames to send, then stop; 0 sends until Ctrl-C (default)")
+    send.add_argument("--legacy", action="store_true",
+                      help="use the prototype's events (authenticate, receiveImage without "
+                      "acks) instead of connect-time auth and frame with acks")
+    send.add_argument("--transport", choices=["websocket", "polling", "default"],
+                      default="websocket",
+                      help="'default' starts with long-polling and upgrades, as the Android "
+                      "app does (default: %(default)s)")
+    send.add_argument("--quiet", action="store_true", help="no live line, only the summary")
+    send.set_defaults(run=run_send)
+
+    status = verbs.add_parser("status", help="print a running daemon's counters",
+                              description="Print the counters of a running daemon "
+                              "(from its /healthz).")
+    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
+                        help="server URL (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print /healthz as it is")
+    status.set_defaults(run=run_status)
+    return parser
+
+
+def add_runtime_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime-dir", metavar="DIR", default=default_runtime_dir(),
+                        help="where the daemon's ipc sockets live (default: %(default)s)")
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    from camstream.users import Users, UsersError
+    from workers.processors import load
+
+    if args.auth:
+        try:
+            users = Users.load(args.users)
+        except UsersError as e:
+            raise CliError(f"--auth: {e}") from None
+        if not len(users):
+            raise CliError(f"--auth: the users file {args.users} has no users "
+                           f"(add one with: camstream users add NAME --users {args.users})")
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port must be 1-65535, got {args.port}")
+    try:
+        load(args.processor)
+    except Exception as e:
+        raise CliError(f"--processor {args.processor}: {e}") from None
+    return Config(ip=args.ip, port=args.port, auth=args.auth, display=args.display,
+                  workers=args.workers, users_file=str(Path(args.users).absolute()),
+                  runtime_dir=str(Path(args.runtime_dir).absolute()),
+                  log_level=args.log_level, max_frame_bytes=args.max_frame_size,
+                  queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
+                  processor=args.processor)
+
+
+def listen(ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((ip, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise CliError(f"cannot listen on {ip}:{port}: the port is in use "
+                           "(another camstream? choose one with -p PORT)") from None
+        raise CliError(f"cannot listen on {ip}:{port}: {e.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def claim_runtime_dir(path: str) -> int:
+    """Create the runtime directory and lock it, so two daemons never share endpoints."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = os.open(os.path.join(path, "serve.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as e:
+        raise CliError(f"runtime directory {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode().strip() or "?"
+        raise CliError(f"another camstream serve (pid {pid}) is using the runtime directory "
+                       f"{path}; stop it or pass --runtime-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    if not os.access(path, os.W_OK):
+        raise CliError(f"runtime directory {path} is not writable")
+    return fd
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from camstream.proc import setup_logging
+    from camstream.supervisor import Supervisor
+
+    config = config_from_args(args)
+    listener = listen(config.ip, config.port)
+    claim_runtime_dir(config.runtime_dir)
+    import setproctitle
+    setproctitle.setproctitle("camstream: supervisor")
+    setup_logging(config.log_level)
+    if config.display:
+        logging.getLogger("camstream").warning("--display is not available yet; serving "
+                                               "without a display")
+    os.umask(0o007)  # endpoints readable by the service's group (a desktop display)
+    return Supervisor(config, listener).run()
+
+
+# -- the other verbs ----------------------------------------------------------------------------
+
+def run_users(args: argparse.Namespace) -> int:
+    from camstream.users import Users, UsersError
+
+    try:
+        users = Users.load(args.users, missing_ok=args.action == "add")
+        if args.action == "list":
+            for name in sorted(users.hashes):
+                print(name)
+            return 0
+        if args.action == "remove":
+            users.remove(args.name)
+            users.save(args.users)
+            print(f"removed {args.name} from {args.users}")
+            return 0
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise CliError("the passwords differ")
+        users.add(args.name, password)
+        users.save(args.users)
+    except UsersError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{args.users}: {e.strerror}") from None
+    print(f"saved {args.name} in {args.users} (a running daemon picks it up on SIGHUP)")
+    return 0
+
+
+def run_send(args: argparse.Namespace) -> int:
+    from camstream.client import send
+    password = args.password or os.environ.get("CAMSTREAM_PASSWORD", "")
+    return send(args, password)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from camstream.client import print_status
+    return print_status(args.url, as_json=args.json)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from camstream.client import demo
+    return demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 2
+        return args.run(args)
+    except CliError as e:
+        print(f"camstream: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

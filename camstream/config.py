@@ -1,0 +1,62 @@
+"""The one configuration object every camstream process receives.
+
+It is parsed and validated once, at the edge (the command line), frozen, and handed to each
+child process as JSON on its standard input, so that nothing deeper reads ``sys.argv`` or the
+environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one daemon; see ``camstream serve --help`` for what each one means."""
+
+    ip: str = "0.0.0.0"
+    port: int = 8080
+    auth: bool = False
+    display: bool = False
+    workers: int = 2
+    users_file: str = ""
+    runtime_dir: str = ""
+    log_level: str = "info"
+    max_frame_bytes: int = 4 * MiB
+    queue_depth: int = 1
+    worker_hwm: int = 2
+    stop_timeout: float = 10.0
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    processor: str = "measure"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls(**json.loads(text))
+
+
+def default_runtime_dir() -> str:
+    """Where the ipc endpoints live: systemd's RuntimeDirectory, else a per-user directory."""
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return str(Path(os.environ["XDG_RUNTIME_DIR"]) / "camstream")
+    return f"/tmp/camstream-{os.getuid()}"
+
+
+def default_users_file() -> str:
+    """systemd's ConfigurationDirectory, /etc/camstream for root, else the user's config dir."""
+    if os.environ.get("CONFIGURATION_DIRECTORY"):
+        return str(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "users")
+    if os.getuid() == 0:
+        return "/etc/camstream/users"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return str(Path(base) / "camstream" / "users")

@@ -1,0 +1,342 @@
+"""Ingest: camstream's front door, one gevent process.
+
+Speaks socket.io to the clients, authenticates them, stamps each frame with a header and hands
+it to the dispatcher, which never blocks a handler. It never decodes a frame. It also serves
+``/healthz`` and ``/metrics`` on the same port, from counters the workers report on the bus.
+
+Handlers run inline in each connection's reading greenlet (``async_handlers=False``): a
+greenlet per event would let a flooding client queue without bound. Each frame handler ends by
+yielding, because a gevent socket read does not yield while data is waiting, so a fast client
+would otherwise keep the loop to itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import gevent
+import gevent.event
+import gevent.socket
+import prometheus_client
+import socketio
+import zmq.green as zmq
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+from camstream import bus, proc, wire, wsfast
+from camstream.config import Config
+from camstream.dispatch import Dispatcher
+from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
+from camstream.users import Users, UsersError, check_name
+
+log = logging.getLogger("camstream.ingest")
+
+HEARTBEAT_INTERVAL = 0.5
+DEFAULT_REPLY_EVENT = "onAuthentication"
+
+
+class Conn:
+    """One client connection, whichever protocol revision it speaks."""
+
+    __slots__ = ("sid", "address", "name", "counts", "emit", "disconnect", "logged")
+
+    def __init__(self, sid: str, address: str, emit, disconnect) -> None:
+        self.sid = sid
+        self.address = address
+        self.name: str | None = None
+        self.counts: ClientCounts | None = None
+        self.emit = emit              # emit(event, *args) to this client only
+        self.disconnect = disconnect  # disconnect() this client
+        self.logged: set[str] = set()
+
+
+class Ingest:
+    """The event handlers, protocol-agnostic: both socket.io revisions call these."""
+
+    def __init__(self, config: Config, users: Users, ctx: zmq.Context) -> None:
+        self.config = config
+        self.users = users
+        self.ledger = Ledger()
+        self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
+        self.conns: dict[str, Conn] = {}
+        self.draining = False
+        self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm)
+        self.bus_pub = bus.bus_pub(ctx, config.runtime_dir)
+        self.dispatcher = Dispatcher(self.frames_push, self.bus_pub, config.queue_depth)
+        self.registry = prometheus_client.CollectorRegistry()
+        self.registry.register(LedgerCollector(self.ledger))
+
+    # -- connections -------------------------------------------------------------------------
+
+    def connect(self, conn: Conn) -> None:
+        self.conns[conn.sid] = conn
+        log.info("connection %s from %s", conn.sid, conn.address)
+
+    def disconnect(self, conn: Conn, reason: str = "") -> None:
+        self.conns.pop(conn.sid, None)
+        if conn.name:
+            self._leave(conn)
+        log.info("connection %s from %s closed%s", conn.sid, conn.address,
+                 f" ({reason})" if reason else "")
+
+    def login(self, conn: Conn, username, password) -> bool:
+        """Check credentials (any, without --auth) and attach the connection to its stream."""
+        try:
+            name = check_name(username)
+        except UsersError as e:
+            log.warning("login refused from %s: %s", conn.address, e)
+            return False
+        if self.config.auth:
+            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
+            if not ok:
+                log.warning("login failed for user %r from %s", name, conn.address)
+                return False
+        if conn.sid not in self.conns:  # it left while the password was being checked
+            return False
+        if conn.name:
+            self._leave(conn)
+        conn.name = name
+        conn.counts = self.ledger.client(name)
+        self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
+        self.dispatcher.open(conn.sid, name, conn.counts)
+        self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
+        log.info("%s logged in as %r from %s", conn.sid, name, conn.address)
+        return True
+
+    def _leave(self, conn: Conn) -> None:
+        self.dispatcher.close(conn.sid)
+        left = self.ledger.connected.get(conn.name, 1) - 1
+        self.ledger.connected[conn.name] = left
+        if not left:
+            self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
+        conn.name = None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_authenticate(self, conn: Conn, args: tuple) -> bool:
+        """The prototype's ``authenticate(username, password, replyEvent)``: reply to that
+        client only; on failure disconnect it shortly after the reply."""
+        if len(args) not in (2, 3):
+            self._log_once(conn, "auth-args", "authenticate needs (username, password, "
+                           "replyEvent), got %d arguments", len(args))
+            return False
+        reply = args[2] if len(args) == 3 and isinstance(args[2], str) else DEFAULT_REPLY_EVENT
+        ok = self.login(conn, args[0], args[1])
+        conn.emit(reply, ok)
+        if not ok:
+            gevent.spawn_later(0.5, conn.disconnect)
+        return ok
+
+    def on_frame(self, conn: Conn, args: tuple) -> dict:
+        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``."""
+        counts = conn.counts or self.unauthenticated
+        counts.received += 1
+        seq = counts.received
+        try:
+            reason = self._check(conn, args)
+            if reason:
+                counts.refuse(reason)
+                self._log_once(conn, reason, "refusing frames from %s: %s",
+                               conn.name or conn.address, reason)
+                return {"accepted": False, "seq": seq, "reason": reason}
+            jpeg = args[-1]
+            header = wire.Header(conn.name, conn.sid, seq, time.time_ns(), len(jpeg)).pack()
+            self.dispatcher.offer(conn.sid, header, jpeg)
+            return {"accepted": True, "seq": seq, "dropped": counts.dropped}
+        finally:
+            gevent.sleep(0)
+
+    def _check(self, conn: Conn, args: tuple) -> str:
+        if conn.name is None:
+            return "unauthenticated"
+        if self.draining:
+            return "shutting down"
+        if not args or len(args) > 2 or (len(args) == 2 and not isinstance(args[0], dict)):
+            return "malformed: expected frame(meta: object, jpeg: bytes) or receiveImage(jpeg)"
+        jpeg = args[-1]
+        if not isinstance(jpeg, (bytes, bytearray)):
+            return f"not bytes: the frame arrived as {type(jpeg).__name__}"
+        if not jpeg:
+            return "empty frame"
+        if len(jpeg) > self.config.max_frame_bytes:
+            return "too large"
+        return ""
+
+    def on_unknown(self, conn: Conn, event: str) -> None:
+        self._log_once(conn, f"event {event}", "ignoring unknown event %r from %s", event,
+                       conn.name or conn.address)
+
+    def _log_once(self, conn: Conn, kind: str, msg: str, *args) -> None:
+        if kind not in conn.logged and len(conn.logged) < 32:
+            conn.logged.add(kind)
+            log.warning(msg, *args)
+
+    # -- users -------------------------------------------------------------------------------
+
+    def reload_users(self) -> None:
+        """SIGHUP: read the users file again; disconnect the users who were removed."""
+        try:
+            users = Users.load(self.config.users_file, missing_ok=not self.config.auth)
+        except UsersError as e:
+            log.error("users not reloaded: %s", e)
+            return
+        self.users = users
+        log.info("users reloaded from %s: %d users", self.config.users_file, len(users))
+        if self.config.auth:
+            for conn in list(self.conns.values()):
+                if conn.name and conn.name not in users:
+                    log.info("disconnecting %r: no longer a user", conn.name)
+                    conn.disconnect()
+
+    # -- background greenlets ----------------------------------------------------------------
+
+    def listen_stats(self, ctx: zmq.Context) -> None:
+        sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.STATS, hwm=10000)
+        while True:
+            parts = sub.recv_multipart()
+            try:
+                _, report = wire.unpack_json(parts)
+                if report.get("role") == "worker":
+                    self.ledger.worker_report(report)
+                elif report.get("role") == "supervisor":
+                    self.ledger.supervisor = report
+            except (ValueError, KeyError, IndexError) as e:
+                log.warning("ignoring a malformed stats message: %r", e)
+
+    def heartbeat(self) -> None:
+        """Publish ingest's totals; the supervisor takes them as proof that ingest answers."""
+        while True:
+            health = self.ledger.health()
+            self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
+                "role": "ingest", "pid": os.getpid(), "totals": health["totals"],
+                "clients": sum(1 for n in self.ledger.connected.values() if n),
+                "draining": self.draining}))
+            gevent.sleep(HEARTBEAT_INTERVAL)
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def http_app(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            body = json.dumps(self.ledger.health(), indent=1).encode()
+            ctype = "application/json"
+        elif path == "/metrics":
+            body = prometheus_client.generate_latest(self.registry)
+            ctype = prometheus_client.CONTENT_TYPE_LATEST
+        elif path == "/":
+            body = b"camstream is running: see /healthz and /metrics\n"
+            ctype = "text/plain"
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+        start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
+    """The current protocol (Engine.IO 4 / Socket.IO 5), served by python-socketio."""
+    sio = socketio.Server(
+        async_mode="gevent", async_handlers=False, cors_allowed_origins="*",
+        ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
+        # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
+        # third); only beyond that does the transport drop the connection
+        max_http_buffer_size=int(config.max_frame_bytes * 1.5) + 65536,
+        logger=False, engineio_logger=False)
+
+    @sio.event
+    def connect(sid, environ, auth=None):
+        conn = Conn(sid, environ.get("REMOTE_ADDR", "?"),
+                    lambda event, *args: sio.emit(event, args if len(args) != 1 else args[0],
+                                                  to=sid),
+                    lambda: sio.disconnect(sid))
+        ingest.connect(conn)
+        if isinstance(auth, dict) and "username" in auth:
+            if not ingest.login(conn, auth.get("username"), auth.get("password")):
+                ingest.disconnect(conn, "login failed")
+                raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+
+    @sio.event
+    def disconnect(sid, reason=None):
+        conn = ingest.conns.get(sid)
+        if conn is not None:
+            ingest.disconnect(conn, str(reason or ""))
+
+    @sio.on("authenticate")
+    def authenticate(sid, *args):
+        conn = ingest.conns.get(sid)
+        return ingest.on_authenticate(conn, args) if conn else False
+
+    @sio.on("receiveImage")
+    def receive_image(sid, *args):
+        conn = ingest.conns.get(sid)
+        if conn:
+            ingest.on_frame(conn, args)
+
+    @sio.on("frame")
+    def frame(sid, *args):
+        conn = ingest.conns.get(sid)
+        if conn:
+            return ingest.on_frame(conn, args)
+        return {"accepted": False, "seq": 0, "reason": "not connected"}
+
+    @sio.on("*")
+    def unknown(event, sid, *args):
+        conn = ingest.conns.get(sid)
+        if conn:
+            ingest.on_unknown(conn, event)
+
+    return sio
+
+
+def main() -> int:
+    config = proc.child_start("ingest")
+    listener = gevent.socket.socket(fileno=int(sys.argv[2]))  # the supervisor's, inherited
+    try:
+        users = Users.load(config.users_file, missing_ok=not config.auth)
+    except UsersError as e:
+        log.error("%s", e)
+        return 2
+    wsfast.install()
+    ctx = zmq.Context()
+    ingest = Ingest(config, users, ctx)
+    sio = socketio_server(ingest, config)
+    app = socketio.WSGIApp(sio, ingest.http_app)
+    server = WSGIServer(listener, app, handler_class=WebSocketHandler, log=None,
+                        error_log=logging.getLogger("camstream.http"))
+    # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
+    server.logger = logging.getLogger("camstream.http.access")
+    if config.log_level != "debug":
+        server.logger.setLevel(logging.WARNING)
+
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, lambda: None)  # the supervisor handles Ctrl-C
+    gevent.signal_handler(signal.SIGHUP, ingest.reload_users)
+    tasks = [gevent.spawn(ingest.dispatcher.run), gevent.spawn(ingest.listen_stats, ctx),
+             gevent.spawn(ingest.heartbeat)]
+    server.start()
+    log.info("serving socket.io on %s:%d (auth %s, %d users)", config.ip, config.port,
+             "on" if config.auth else "off", len(users))
+    stop.wait()
+
+    log.info("stopping: no new connections, draining accepted frames")
+    ingest.draining = True
+    server.close()
+    left = ingest.dispatcher.drain(time.monotonic() + config.stop_timeout / 2)
+    if left:
+        log.warning("%d accepted frames could not be dispatched before the stop bound", left)
+    for conn in list(ingest.conns.values()):
+        conn.disconnect()
+    gevent.sleep(0.1)
+    gevent.killall(tasks)
+    ctx.destroy(linger=int(config.stop_timeout / 2 * 1000))  # what is in flight still leaves
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""What every camstream child process does first: name itself, tie its life to the
+supervisor's, set up logging, and read its configuration."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+import setproctitle
+
+from camstream.config import Config
+
+_PR_SET_PDEATHSIG = 1
+
+
+def setup_logging(level: str) -> None:
+    """One line per record, with a level and the process's role: journald-friendly."""
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format=f"%(levelname)s {setproctitle.getproctitle()}: %(message)s")
+
+
+def become(role: str, parent_pid: int) -> None:
+    """Take the title ``camstream: <role>`` and die with the supervisor, even on its SIGKILL."""
+    setproctitle.setproctitle(f"camstream: {role}")
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop still reaps us
+        pass
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        raise SystemExit(0)
+
+
+def child_start(role: str) -> Config:
+    """Entry of a child: the config arrives as JSON on stdin, the parent pid as argv[1]."""
+    config = Config.from_json(sys.stdin.read())
+    sys.stdin.close()
+    become(role, int(sys.argv[1]))
+    setup_logging(config.log_level)
+    return config

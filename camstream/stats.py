@@ -1,0 +1,130 @@
+"""Ingest's ledger: per-client counters, what the workers report, and the views of both
+(``/healthz`` JSON and Prometheus metrics).
+
+Counters are plain integers bumped on the hot path; everything else is computed when asked.
+For each client: ``received`` = ``refused`` + ``dropped`` + ``dispatched`` + frames still
+waiting in ingest, and ``dispatched`` = ``processed`` + ``errors`` + frames still in a worker's
+queue (or lost with a worker that died).
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+UNAUTHENTICATED = "(unauthenticated)"
+WORKER_STALE_S = 3.0  # a worker silent this long is not counted as alive
+
+
+class ClientCounts:
+    __slots__ = ("received", "dispatched", "dropped", "refused", "refused_by")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.dispatched = 0
+        self.dropped = 0
+        self.refused = 0
+        self.refused_by: dict[str, int] = {}
+
+    def refuse(self, reason: str) -> None:
+        self.refused += 1
+        self.refused_by[reason] = self.refused_by.get(reason, 0) + 1
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientCounts] = {}
+        self.connected: dict[str, int] = {}          # client name -> open connections
+        self._workers: dict[int, dict] = {}          # pid -> last stats of that worker process
+        self._worker_seen: dict[int, float] = {}     # pid -> monotonic time of its last stats
+        self.supervisor: dict = {}
+        self.started = time.time()
+
+    def client(self, name: str) -> ClientCounts:
+        counts = self.clients.get(name)
+        if counts is None:
+            counts = self.clients[name] = ClientCounts()
+        return counts
+
+    def worker_report(self, report: dict) -> None:
+        """Keep each worker process's cumulative counters, the dead ones' too (their frames
+        were processed all the same)."""
+        self._workers[report["pid"]] = report
+        self._worker_seen[report["pid"]] = time.monotonic()
+
+    def processed(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for report in self._workers.values():
+            for name, c in report["clients"].items():
+                o = out.setdefault(name, {"processed": 0, "errors": 0})
+                o["processed"] += c["processed"]
+                o["errors"] += c["errors"]
+        return out
+
+    def workers_alive(self) -> int:
+        now = time.monotonic()
+        return sum(1 for t in self._worker_seen.values() if now - t < WORKER_STALE_S)
+
+    def health(self) -> dict:
+        done = self.processed()
+        clients = {}
+        totals = dict.fromkeys(
+            ("received", "dispatched", "dropped", "processed", "errors", "refused"), 0)
+        for name in sorted(set(self.clients) | set(done)):
+            c = self.clients.get(name) or ClientCounts()
+            if name == UNAUTHENTICATED and not c.received:
+                continue
+            d = done.get(name, {"processed": 0, "errors": 0})
+            row = {"received": c.received, "dispatched": c.dispatched, "dropped": c.dropped,
+                   "processed": d["processed"], "errors": d["errors"], "refused": c.refused,
+                   "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
+            clients[name] = row
+            for k in totals:
+                totals[k] += row[k]
+        sup = self.supervisor
+        return {
+            "status": "ok",
+            "uptime_s": round(time.time() - self.started, 1),
+            "workers": {"alive": sup.get("workers_alive", self.workers_alive()),
+                        "expected": sup.get("workers_expected"),
+                        "restarts": sup.get("worker_restarts", 0)},
+            "ingest": {"restarts": sup.get("ingest_restarts", 0)},
+            "clients": clients,
+            "totals": totals,
+        }
+
+
+class LedgerCollector(Collector):
+    """Prometheus view of the ledger, computed at scrape time (nothing on the hot path)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator:
+        health = self.ledger.health()
+        help_ = {
+            "received": "Frames that arrived from the client",
+            "dispatched": "Frames handed to the worker pool",
+            "dropped": "Frames accepted but dropped because the workers were full",
+            "processed": "Frames decoded and processed by a worker",
+            "errors": "Frames a worker could not decode or process",
+            "refused": "Frames refused at ingest (unauthenticated, too large, malformed...)",
+        }
+        for key, text in help_.items():
+            fam = CounterMetricFamily(f"camstream_frames_{key}", text, labels=["client"])
+            for name, row in health["clients"].items():
+                fam.add_metric([name], row[key])
+            yield fam
+        conn = GaugeMetricFamily("camstream_client_connections", "Open connections per client",
+                                 labels=["client"])
+        for name, row in health["clients"].items():
+            conn.add_metric([name], row["connected"])
+        yield conn
+        yield GaugeMetricFamily("camstream_workers_alive", "Worker processes alive",
+                                value=health["workers"]["alive"])
+        yield CounterMetricFamily("camstream_worker_restarts", "Worker processes restarted",
+                                  value=health["workers"]["restarts"])
+        yield CounterMetricFamily("camstream_ingest_restarts", "Ingest processes restarted",
+                                  value=health["ingest"]["restarts"])

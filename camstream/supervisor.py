@@ -1,0 +1,302 @@
+"""The supervisor: the ``camstream serve`` process (plain Python, no gevent).
+
+Shaped like gunicorn's arbiter. Signals are queued and wake the loop through a self-pipe; the
+loop handles one (``handle_term``, ``handle_hup``, ``handle_ttin``...) and then runs the same
+verbs every turn:
+
+- ``murder``: kill a child whose heartbeat on the bus is too old (hung);
+- ``reap``: collect children that exited, and say why;
+- ``manage``: spawn what is missing (with backoff for a child that keeps dying);
+- ``stop``: on SIGTERM/SIGINT, ingest first (it drains into the workers), then the workers
+  (they drain their queues), each within a bound, then SIGKILL.
+
+Children are fresh interpreters (no fork of anything gevent-patched), started with the config
+as JSON on stdin; they die with the supervisor even if it is SIGKILLed (PR_SET_PDEATHSIG).
+The supervisor owns the listening socket and hands it to ingest, so a restarted ingest serves
+the same port and connections wait in the backlog meanwhile. It also hosts the bus proxy.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from camstream import bus, wire
+from camstream.config import Config
+
+log = logging.getLogger("camstream.supervisor")
+
+TICK = 0.5                # seconds between turns of the loop when nothing happens
+HEARTBEAT_TIMEOUT = 15.0  # a child silent on the bus this long is hung: killed and replaced
+START_GRACE = 30.0        # time a new child has to send its first heartbeat
+STABLE_AFTER = 10.0       # a child that lived this long resets its backoff
+MAX_BACKOFF = 10.0
+
+WORKER_ENV = {
+    # glibc returns freed decode buffers to the kernel at once, which costs ~40 % of decode
+    # time (MEASUREMENTS.md); keep them in the process instead
+    "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024),
+    # refuse JPEG bombs before allocating: 8192 x 8192 is far above any camera we take
+    "OPENCV_IO_MAX_IMAGE_PIXELS": str(8192 * 8192),
+}
+
+
+@dataclass
+class Slot:
+    """A place for one child: ingest, or worker N. It outlives the processes that fill it."""
+
+    role: str
+    index: int = 0
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    last_beat: float | None = None
+    failures: int = 0
+    not_before: float = 0.0
+    restarts: int = 0
+    spawned: int = 0
+    retiring: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return "ingest" if self.role == "ingest" else f"{self.role} {self.index}"
+
+
+class Supervisor:
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD")
+
+    def __init__(self, config: Config, listener: socket.socket) -> None:
+        self.config = config
+        self.listener = listener
+        self.ctx = zmq.Context()
+        self.slots: list[Slot] = [Slot("ingest")]
+        self.slots += [Slot("worker", i) for i in range(1, config.workers + 1)]
+        self.signals: list[int] = []
+        self.stopping = False
+        self.ready_logged = False
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.start()
+        try:
+            while not self.stopping:
+                self.sleep()
+                while self.signals:
+                    sig = self.signals.pop(0)
+                    getattr(self, "handle_" + signal.Signals(sig).name[3:].lower())()
+                if self.stopping:
+                    break
+                self.read_heartbeats()
+                self.murder()
+                self.reap()
+                self.manage()
+                self.publish_status()
+        finally:
+            self.stop()
+        return 0
+
+    def start(self) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), lambda sig, frame: self.signals.append(sig))
+        self.proxy = bus.BusProxy(self.ctx, self.config.runtime_dir)
+        self.proxy.start()
+        self.bus_pub = bus.bus_pub(self.ctx, self.config.runtime_dir)
+        self.beats = bus.bus_sub(self.ctx, self.config.runtime_dir, wire.STATS, hwm=10000)
+        self.poller = zmq.Poller()
+        self.poller.register(self.wake_r, zmq.POLLIN)
+        self.poller.register(self.beats, zmq.POLLIN)
+        log.info("starting ingest on %s:%d and %d workers (runtime dir %s)", self.config.ip,
+                 self.config.port, self.config.workers, self.config.runtime_dir)
+        self.manage()
+
+    def sleep(self) -> None:
+        """Wait for a signal, a heartbeat, or the next tick."""
+        ready = dict(self.poller.poll(TICK * 1000))
+        if self.wake_r in ready:
+            try:
+                while os.read(self.wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -- signal handlers ---------------------------------------------------------------------
+
+    def handle_term(self) -> None:
+        log.info("SIGTERM: stopping")
+        self.stopping = True
+
+    def handle_int(self) -> None:
+        log.info("SIGINT: stopping")
+        self.stopping = True
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: ingest reloads the users file")
+        self.signal_role("ingest", signal.SIGHUP)
+
+    def handle_ttin(self) -> None:
+        index = 1 + max((s.index for s in self.slots if s.role == "worker"), default=0)
+        self.slots.append(Slot("worker", index))
+        log.info("SIGTTIN: adding worker %d (%d workers)", index, self.worker_count())
+
+    def handle_ttou(self) -> None:
+        workers = [s for s in self.slots if s.role == "worker" and not s.retiring]
+        if len(workers) <= 1:
+            log.warning("SIGTTOU: keeping the last worker")
+            return
+        slot = workers[-1]
+        slot.retiring = True
+        if slot.proc is not None:
+            slot.proc.send_signal(signal.SIGTERM)
+        log.info("SIGTTOU: retiring worker %d (%d workers)", slot.index, self.worker_count())
+
+    def handle_chld(self) -> None:
+        pass  # reap() runs on every turn
+
+    # -- the verbs ---------------------------------------------------------------------------
+
+    def spawn(self, slot: Slot) -> None:
+        module = "camstream.ingest" if slot.role == "ingest" else "workers"
+        argv = [sys.executable, "-m", module, str(os.getpid())]
+        fds: tuple[int, ...] = ()
+        env = dict(os.environ)
+        if slot.role == "ingest":
+            argv.append(str(self.listener.fileno()))
+            fds = (self.listener.fileno(),)
+        else:
+            argv.append(str(slot.index))
+            env.update(WORKER_ENV)
+        slot.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=fds, env=env)
+        slot.proc.stdin.write(self.config.to_json().encode())
+        slot.proc.stdin.close()
+        slot.started = time.monotonic()
+        slot.last_beat = None
+        if slot.spawned:
+            slot.restarts += 1
+        slot.spawned += 1
+        log.debug("spawned %s (pid %d)", slot.title, slot.proc.pid)
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if slot.proc is None or slot.proc.poll() is None:
+                continue
+            code, pid = slot.proc.returncode, slot.proc.pid
+            slot.proc = None
+            if slot.retiring:
+                self.slots.remove(slot)
+                log.info("%s (pid %d) retired", slot.title, pid)
+                continue
+            lived = now - slot.started
+            slot.failures = 0 if lived > STABLE_AFTER else slot.failures + 1
+            delay = min(MAX_BACKOFF, 0.1 * 2 ** slot.failures) if slot.failures > 1 else 0.0
+            slot.not_before = now + delay
+            log.warning("%s (pid %d) %s after %.1f s; restarting%s", slot.title, pid,
+                        describe_exit(code), lived, f" in {delay:.1f} s" if delay else "")
+
+    def manage(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None and not slot.retiring and now >= slot.not_before:
+                self.spawn(slot)
+
+    def murder(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            silent = now - (slot.last_beat or slot.started)
+            limit = HEARTBEAT_TIMEOUT if slot.last_beat else START_GRACE
+            if silent > limit:
+                log.error("%s (pid %d) silent for %.0f s: killing it", slot.title,
+                          slot.proc.pid, silent)
+                slot.proc.kill()
+                slot.last_beat = now  # do not kill it twice while it dies
+
+    def stop(self) -> None:
+        """Ingest first (it drains its accepted frames into the workers), then the workers."""
+        self.stopping = True
+        self.listener.close()  # new connections are refused from now on
+        start = time.monotonic()
+        for role, share in (("ingest", 0.6), ("worker", 1.0)):
+            self.signal_role(role, signal.SIGTERM)
+            self.wait_role(role, start + share * self.config.stop_timeout)
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                log.error("%s (pid %d) did not stop in time: killing it", slot.title,
+                          slot.proc.pid)
+                slot.proc.kill()
+                slot.proc.wait()
+        self.proxy.stop()
+        self.ctx.destroy(linger=0)
+        log.info("stopped")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def signal_role(self, role: str, sig: int) -> None:
+        for slot in self.slots:
+            if slot.role == role and slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(sig)
+
+    def wait_role(self, role: str, deadline: float) -> None:
+        for slot in self.slots:
+            if slot.role == role and slot.proc is not None:
+                try:
+                    slot.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+
+    def worker_count(self) -> int:
+        return sum(1 for s in self.slots if s.role == "worker" and not s.retiring)
+
+    def read_heartbeats(self) -> None:
+        by_pid = {s.proc.pid: s for s in self.slots if s.proc is not None}
+        while True:
+            try:
+                parts = self.beats.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                _, report = wire.unpack_json(parts)
+            except (ValueError, IndexError):
+                continue
+            slot = by_pid.get(report.get("pid"))
+            if slot is not None:
+                slot.last_beat = time.monotonic()
+                slot.extra = report
+        if not self.ready_logged and all(s.last_beat for s in self.slots if not s.retiring):
+            self.ready_logged = True
+            log.info("ready: listening on %s:%d with %d workers", self.config.ip,
+                     self.config.port, self.worker_count())
+
+    def publish_status(self) -> None:
+        workers = [s for s in self.slots if s.role == "worker"]
+        now = time.monotonic()
+        self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "supervisor", {
+            "role": "supervisor", "pid": os.getpid(),
+            "workers_expected": self.worker_count(),
+            "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
+                                 and now - s.last_beat < HEARTBEAT_TIMEOUT),
+            "worker_restarts": sum(s.restarts for s in workers),
+            "ingest_restarts": self.slots[0].restarts}))
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"

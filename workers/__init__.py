@@ -1,0 +1,1 @@
+"""camstream's worker processes: pull frames, decode them with OpenCV, run a processor."""
