@@ -27,7 +27,7 @@ import zmq.green as zmq
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, proc, wire, wsfast
+from camstream import bus, legacy, proc, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
@@ -304,7 +304,7 @@ def main() -> int:
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx)
     sio = socketio_server(ingest, config)
-    app = socketio.WSGIApp(sio, ingest.http_app)
+    app = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     server = WSGIServer(listener, app, handler_class=WebSocketHandler, log=None,
                         error_log=logging.getLogger("camstream.http"))
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
