@@ -1,0 +1,68 @@
+"""The users file and 'camstream users'."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from camstream.users import Users, UsersError
+
+
+def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "camstream", "users", *args], input=stdin,
+                          text=True, capture_output=True, timeout=30)
+
+
+def test_add_list_remove(tmp_path):
+    path = tmp_path / "users"
+    assert cli("add", "alice", "--password-stdin", "--users", str(path),
+               stdin="s3cret\n").returncode == 0
+    assert cli("add", "bob", "--password-stdin", "--users", str(path),
+               stdin="hunter2\n").returncode == 0
+    assert cli("list", "--users", str(path)).stdout.split() == ["alice", "bob"]
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    text = path.read_text()
+    assert "s3cret" not in text and "hunter2" not in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("alice:"))
+    name, kind, n, r, p, salt, digest = line.split(":")
+    assert (kind, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert salt != next(ln for ln in text.splitlines() if ln.startswith("bob:")).split(":")[5]
+
+    users = Users.load(str(path))
+    assert users.verify("alice", "s3cret") and not users.verify("alice", "hunter2")
+
+    removed = cli("remove", "alice", "--users", str(path))
+    assert removed.returncode == 0
+    assert cli("list", "--users", str(path)).stdout.split() == ["bob"]
+    missing = cli("remove", "alice", "--users", str(path))
+    assert missing.returncode == 2 and "no user 'alice'" in missing.stderr
+
+
+def test_bad_names_and_files(tmp_path):
+    bad = cli("add", "no spaces", "--password-stdin", "--users", str(tmp_path / "u"),
+              stdin="x\n")
+    assert bad.returncode == 2 and "invalid user name" in bad.stderr
+    empty = cli("add", "carol", "--password-stdin", "--users", str(tmp_path / "u"), stdin="\n")
+    assert empty.returncode == 2 and "empty password" in empty.stderr
+    (tmp_path / "broken").write_text("carol:plaintext\n")
+    with pytest.raises(UsersError, match="broken:1"):
+        Users.load(str(tmp_path / "broken"))
+
+
+def test_wrong_password_timing_does_not_tell_whether_the_user_exists():
+    users = Users()
+    users.add("alice", "correct horse")
+
+    def median_time(name: str) -> float:
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            assert not users.verify(name, "wrong")
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    known, unknown = median_time("alice"), median_time("nobody")
+    assert 0.7 < known / unknown < 1.4, (known, unknown)
