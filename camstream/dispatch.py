@@ -5,12 +5,11 @@ if the mailbox is full the *oldest* frame in it is dropped and counted: the newe
 so a processed frame is never older than the pipeline's few slots. One dispatcher greenlet
 drains the mailboxes round-robin into the pipeline's PUSH socket (pyzmq's gevent API: a full
 pipeline parks this greenlet only), so a 1 Hz camera gets its turn beside a 30 Hz one.
-Every dispatched frame is also published on the bus for displays and taps (PUB never blocks).
+Every accepted frame is also published on the bus for displays and taps (PUB never blocks).
 """
 from __future__ import annotations
 
 import collections
-import logging
 import time
 
 import gevent
@@ -19,8 +18,6 @@ import zmq.green as zmq
 
 from camstream import wire
 from camstream.stats import ClientCounts
-
-log = logging.getLogger("camstream.dispatch")
 
 
 class Mailbox:
@@ -63,6 +60,7 @@ class Dispatcher:
             self.waiting -= 1
         box.frames.append((header, jpeg))
         self.waiting += 1
+        self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
         if len(box.frames) == 1:
             self.ready.append(session)
             self._wakeup.set()
@@ -88,7 +86,6 @@ class Dispatcher:
             self.frames_push.send_multipart((header, jpeg), copy=False)  # parks while full
             self.in_hand = 0
             box.counts.dispatched += 1
-            self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
 
     def drain(self, deadline: float) -> int:
         """Dispatch what is waiting, until ``deadline`` (monotonic); return what is left."""
