@@ -47,6 +47,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -67,9 +77,12 @@ def build_parser() -> Parser:
     serve = verbs.add_parser("serve", help="run the daemon (ingest, workers, bus)",
                              description="Run the daemon: a socket.io ingest process, a pool "
                              "of OpenCV workers and the bus, under one supervisor.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="read settings from FILE (key = value lines, the long option "
+                       "names; see systemd/camstream.conf); flags given here override it")
     serve.add_argument("-i", "--ip", default="0.0.0.0",
                        help="address to listen on (default: %(default)s, every interface)")
-    serve.add_argument("-p", "--port", type=int, default=8080,
+    serve.add_argument("-p", "--port", type=port_arg, default=8080,
                        help="port for socket.io, /healthz and /metrics (default: %(default)s)")
     serve.add_argument("-a", "--auth", action="store_true",
                        help="require a username and password from the users file; without "
@@ -100,7 +113,7 @@ def build_parser() -> Parser:
     demo = verbs.add_parser("demo", help="run the daemon on 127.0.0.1 with a demo client",
                             description="Start 'camstream serve' on 127.0.0.1 and stream "
                             "synthetic frames into it, then print what was processed.")
-    demo.add_argument("-p", "--port", type=int, default=8080, help="port (default: %(default)s)")
+    demo.add_argument("-p", "--port", type=port_arg, default=8080, help="port (default: %(default)s)")
     demo.add_argument("-w", "--workers", type=positive_int, default=2,
                       help="worker processes (default: %(default)s)")
     demo.add_argument("--seconds", type=float, default=20.0,
@@ -187,8 +200,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not len(users):
             raise CliError(f"--auth: the users file {args.users} has no users "
                            f"(add one with: camstream users add NAME --users {args.users})")
-    if not 0 < args.port < 65536:
-        raise CliError(f"--port must be 1-65535, got {args.port}")
     try:
         load(args.processor)
     except Exception as e:
@@ -238,11 +249,67 @@ def claim_runtime_dir(path: str) -> int:
     return fd
 
 
+TRUE = {"1", "yes", "true", "on"}
+FALSE = {"0", "no", "false", "off"}
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    """``key = value`` lines (``#`` comments), keys being serve's long option names. Every
+    problem is one line naming the file, the line and the key."""
+    actions = {a.option_strings[-1][2:]: a for a in parser._actions
+               if a.option_strings and a.option_strings[-1].startswith("--")
+               and a.dest not in ("help", "config")}
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise CliError(f"--config {path}: {e.strerror}") from None
+    values: dict = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = (part.strip() for part in line.partition("="))
+        where = f"{path}:{lineno}"
+        if not sep:
+            raise CliError(f"{where}: expected 'key = value', got {line!r}")
+        action = actions.get(key.replace("_", "-"))
+        if action is None:
+            raise CliError(f"{where}: unknown key {key!r} (keys are serve's long options: "
+                           f"{', '.join(sorted(actions))})")
+        if action.nargs == 0:  # a switch such as auth
+            if value.lower() not in TRUE | FALSE:
+                raise CliError(f"{where}: {key}: expected yes or no, got {value!r}")
+            values[action.dest] = value.lower() in TRUE
+            continue
+        try:
+            converted = action.type(value) if action.type else value
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            raise CliError(f"{where}: {key}: {e}") from None
+        if action.choices and converted not in action.choices:
+            raise CliError(f"{where}: {key}: expected one of {', '.join(action.choices)}, "
+                           f"got {value!r}")
+        values[action.dest] = converted
+    return values
+
+
+def parse_serve(argv: list[str]) -> Config:
+    """Flags over the --config file over the defaults, validated into a Config."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        serve = parser._subparsers._group_actions[0].choices["serve"]
+        serve.set_defaults(**read_config_file(args.config, serve))
+        args = parser.parse_args(argv)
+    return config_from_args(args)
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    from camstream.notify import Notifier
     from camstream.proc import setup_logging
     from camstream.supervisor import Supervisor
 
-    config = config_from_args(args)
+    argv = args.argv
+    config = parse_serve(argv)
     listener = listen(config.ip, config.port)
     claim_runtime_dir(config.runtime_dir)
     import setproctitle
@@ -252,7 +319,8 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("camstream").warning("--display is not available yet; serving "
                                                "without a display")
     os.umask(0o007)  # endpoints readable by the service's group (a desktop display)
-    return Supervisor(config, listener).run()
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
 
 
 # -- the other verbs ----------------------------------------------------------------------------
@@ -306,7 +374,9 @@ def run_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = parser.parse_args(argv)
+        args.argv = argv
         if not getattr(args, "run", None):
             parser.print_help()
             return 2

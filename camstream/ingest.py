@@ -63,6 +63,7 @@ class Ingest:
         self.ledger = Ledger()
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
+        self.serving = False
         self.draining = False
         self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm)
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir)
@@ -214,7 +215,7 @@ class Ingest:
             self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
                 "role": "ingest", "pid": os.getpid(), "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
-                "draining": self.draining}))
+                "serving": self.serving, "draining": self.draining}))
             gevent.sleep(HEARTBEAT_INTERVAL)
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -319,6 +320,7 @@ def main() -> int:
     tasks = [gevent.spawn(ingest.dispatcher.run), gevent.spawn(ingest.listen_stats, ctx),
              gevent.spawn(ingest.heartbeat)]
     server.start()
+    ingest.serving = True
     log.info("serving socket.io on %s:%d (auth %s, %d users)", config.ip, config.port,
              "on" if config.auth else "off", len(users))
     stop.wait()

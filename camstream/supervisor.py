@@ -17,6 +17,7 @@ the same port and connections wait in the backlog meanwhile. It also hosts the b
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -25,15 +26,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import zmq
 
 from camstream import bus, wire
 from camstream.config import Config
+from camstream.notify import Notifier
 
 log = logging.getLogger("camstream.supervisor")
 
 TICK = 0.5                # seconds between turns of the loop when nothing happens
+FRESH = 2.0               # a heartbeat younger than this proves its sender answers
+STATUS_EVERY = 2.0        # seconds between STATUS= lines to systemd
 HEARTBEAT_TIMEOUT = 15.0  # a child silent on the bus this long is hung: killed and replaced
 START_GRACE = 30.0        # time a new child has to send its first heartbeat
 STABLE_AFTER = 10.0       # a child that lived this long resets its backoff
@@ -63,7 +68,7 @@ class Slot:
     restarts: int = 0
     spawned: int = 0
     retiring: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # its last report on the bus
 
     @property
     def title(self) -> str:
@@ -73,15 +78,20 @@ class Slot:
 class Supervisor:
     SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD")
 
-    def __init__(self, config: Config, listener: socket.socket) -> None:
+    def __init__(self, config: Config, listener: socket.socket, notifier: Notifier,
+                 reload: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.listener = listener
+        self.notifier = notifier
+        self.reload = reload          # re-reads the configuration file, for SIGHUP
         self.ctx = zmq.Context()
         self.slots: list[Slot] = [Slot("ingest")]
         self.slots += [Slot("worker", i) for i in range(1, config.workers + 1)]
         self.signals: list[int] = []
         self.stopping = False
-        self.ready_logged = False
+        self.ready = False
+        self.last_watchdog = 0.0
+        self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -100,6 +110,7 @@ class Supervisor:
                 self.reap()
                 self.manage()
                 self.publish_status()
+                self.notify()
         finally:
             self.stop()
         return 0
@@ -143,8 +154,37 @@ class Supervisor:
         self.stopping = True
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: ingest reloads the users file")
+        """Reload: the users file (ingest re-reads it) and what can change without a restart:
+        the worker count and the log level."""
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(
+            time.CLOCK_MONOTONIC) // 1000)
+        log.info("SIGHUP: reloading")
+        if self.reload is not None:
+            try:
+                new = self.reload()
+            except Exception as e:  # a broken file must not take the service down
+                log.error("configuration not reloaded: %s", e)
+                new = self.config
+            self.apply(new)
         self.signal_role("ingest", signal.SIGHUP)
+        self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def apply(self, new: Config) -> None:
+        fixed = [f.name for f in dataclasses.fields(Config)
+                 if f.name not in ("workers", "log_level")
+                 and getattr(new, f.name) != getattr(self.config, f.name)]
+        if fixed:
+            log.warning("changed settings that need a restart (systemctl restart camstream): "
+                        "%s", ", ".join(fixed))
+        if new.log_level != self.config.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+            log.info("log level %s (new children use it)", new.log_level)
+        self.config = dataclasses.replace(self.config, workers=new.workers,
+                                          log_level=new.log_level)
+        while self.worker_count() < new.workers:
+            self.handle_ttin()
+        while self.worker_count() > new.workers:
+            self.handle_ttou()
 
     def handle_ttin(self) -> None:
         index = 1 + max((s.index for s in self.slots if s.role == "worker"), default=0)
@@ -228,6 +268,7 @@ class Supervisor:
     def stop(self) -> None:
         """Ingest first (it drains its accepted frames into the workers), then the workers."""
         self.stopping = True
+        self.notifier.send(STOPPING=1, STATUS="stopping: draining accepted frames")
         self.listener.close()  # new connections are refused from now on
         start = time.monotonic()
         for role, share in (("ingest", 0.6), ("worker", 1.0)):
@@ -276,10 +317,47 @@ class Supervisor:
             if slot is not None:
                 slot.last_beat = time.monotonic()
                 slot.extra = report
-        if not self.ready_logged and all(s.last_beat for s in self.slots if not s.retiring):
-            self.ready_logged = True
-            log.info("ready: listening on %s:%d with %d workers", self.config.ip,
-                     self.config.port, self.worker_count())
+
+    def notify(self) -> None:
+        """READY once ingest serves and every worker reported in; WATCHDOG only while they
+        answer (a hung ingest stops it, so systemd restarts the service); STATUS now and then."""
+        now = time.monotonic()
+        if not self.ready:
+            if self.slots[0].extra.get("serving") and \
+                    all(s.last_beat for s in self.slots if s.role == "worker"):
+                self.ready = True
+                log.info("ready: listening on %s:%d with %d workers", self.config.ip,
+                         self.config.port, self.worker_count())
+                self.notifier.send(READY=1, STATUS=self.status_line())
+            return
+        interval = self.notifier.watchdog_interval
+        if interval and now - self.last_watchdog >= interval / 2 and self.healthy(now):
+            self.notifier.send(WATCHDOG=1)
+            self.last_watchdog = now
+        if now - self.last_status[0] >= STATUS_EVERY:
+            self.notifier.send(STATUS=self.status_line())
+
+    def healthy(self, now: float) -> bool:
+        ingest = self.slots[0]
+        fresh = [s for s in self.slots if s.last_beat and now - s.last_beat < FRESH]
+        return ingest in fresh and any(s.role == "worker" for s in fresh)
+
+    def status_line(self) -> str:
+        """One line for systemctl status: clients, frame rates, drops, workers."""
+        now = time.monotonic()
+        report = self.slots[0].extra
+        totals = report.get("totals", {})
+        received, processed = totals.get("received", 0), totals.get("processed", 0)
+        then, received0, processed0 = self.last_status
+        span = now - then if then else 0.0
+        rate_in = (received - received0) / span if span > 0 else 0.0
+        rate_out = (processed - processed0) / span if span > 0 else 0.0
+        self.last_status = (now, received, processed)
+        alive = sum(1 for s in self.slots if s.role == "worker" and s.last_beat
+                    and now - s.last_beat < FRESH)
+        return (f"{report.get('clients', 0)} clients, {rate_in:.1f} fps in, "
+                f"{rate_out:.1f} fps processed, {totals.get('dropped', 0)} dropped, "
+                f"workers {alive}/{self.worker_count()}")
 
     def publish_status(self) -> None:
         workers = [s for s in self.slots if s.role == "worker"]

@@ -19,7 +19,7 @@ def serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, message", [
     (["-w", "0"], "must be 1 or more"),
-    (["-p", "70000"], "--port must be 1-65535"),
+    (["-p", "70000"], "a port is 1-65535, got 70000"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["-a", "--users", "/nonexistent/users"], "does not exist"),
     (["--processor", "nope"], "unknown processor 'nope'"),
