@@ -178,6 +178,11 @@ def build_parser() -> Parser:
                         help="server URL (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     status.set_defaults(run=run_status)
+
+    units = verbs.add_parser("systemd", help="print how to install camstream as a service",
+                             description="Print a step-by-step recipe that installs camstream "
+                             "as a systemd service, with the paths of its unit files.")
+    units.set_defaults(run=run_systemd)
     return parser
 
 
@@ -364,6 +369,12 @@ def run_send(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from camstream.client import print_status
     return print_status(args.url, as_json=args.json)
+
+
+def run_systemd(args: argparse.Namespace) -> int:
+    from camstream.service import recipe
+    print(recipe())
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

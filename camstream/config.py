@@ -53,10 +53,11 @@ def default_runtime_dir() -> str:
 
 
 def default_users_file() -> str:
-    """systemd's ConfigurationDirectory, /etc/camstream for root, else the user's config dir."""
-    if os.environ.get("CONFIGURATION_DIRECTORY"):
-        return str(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / "users")
+    """systemd's StateDirectory (the service user can write it), /var/lib/camstream for root,
+    else the user's config directory."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return str(Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "users")
     if os.getuid() == 0:
-        return "/etc/camstream/users"
+        return "/var/lib/camstream/users"
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return str(Path(base) / "camstream" / "users")

@@ -156,7 +156,7 @@ def write(tmp_path: Path, text: str) -> str:
 def test_every_key_of_the_example_file(tmp_path):
     users = make_users(tmp_path, alice="pw")
     text = (ROOT / "systemd" / "camstream.conf").read_text()
-    text = text.replace("/etc/camstream/users", str(users))
+    text = text.replace("/var/lib/camstream/users", str(users))
     text = text.replace("/run/camstream", str(tmp_path / "run"))
     config = parse_serve(["serve", "--config", write(tmp_path, text)])
     assert (config.ip, config.port, config.auth, config.workers) == ("0.0.0.0", 8080, True, 2)
