@@ -179,6 +179,14 @@ def build_parser() -> Parser:
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     status.set_defaults(run=run_status)
 
+    from camstream import display
+    show = verbs.add_parser("display", help="attach a window per client to a running daemon",
+                            description="Attach to a running daemon and show the newest frame "
+                            "of each client in a window titled with its name (fps and "
+                            "latency overlaid); q, closing the last window or Ctrl-C detaches.")
+    display.add_arguments(show)
+    show.set_defaults(run=display.run)
+
     units = verbs.add_parser("systemd", help="print how to install camstream as a service",
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
