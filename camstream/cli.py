@@ -105,6 +105,22 @@ def build_parser() -> Parser:
                        "oldest is dropped, so the newest frames win (default: %(default)s)")
     serve.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                        help="bound on a graceful stop, drain included (default: %(default)s)")
+    serve.add_argument("--max-fps", type=positive_float, default=100.0, metavar="FPS",
+                       help="frames a second one connection may send; beyond it frames are "
+                       "refused with 'rate limited' (default: %(default)s)")
+    serve.add_argument("--max-connections-per-ip", type=positive_int, default=32, metavar="N",
+                       help="open connections one address may hold (default: %(default)s)")
+    serve.add_argument("--worker-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="a worker or ingest silent this long is "
+                       "killed and replaced (default: %(default)s)")
+    serve.add_argument("--ping-interval", type=positive_float, default=25.0, metavar="SECONDS",
+                       help="heartbeat interval told to clients (default: %(default)s)")
+    serve.add_argument("--ping-timeout", type=positive_float, default=20.0, metavar="SECONDS",
+                       help="a client silent this long past a heartbeat is dropped "
+                       "(default: %(default)s)")
+    serve.add_argument("--certfile", metavar="FILE",
+                       help="serve https/wss with this certificate (PEM; with --keyfile)")
+    serve.add_argument("--keyfile", metavar="FILE", help="the certificate's private key (PEM)")
     serve.add_argument("--processor", default="measure", metavar="NAME",
                        help="what workers do with each frame: a built-in name or "
                        "module:attr (default: %(default)s)")
@@ -217,12 +233,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load(args.processor)
     except Exception as e:
         raise CliError(f"--processor {args.processor}: {e}") from None
+    if bool(args.certfile) != bool(args.keyfile):
+        raise CliError("--certfile and --keyfile go together")
+    if args.certfile:
+        import ssl
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
     return Config(ip=args.ip, port=args.port, auth=args.auth, display=args.display,
                   workers=args.workers, users_file=str(Path(args.users).absolute()),
                   runtime_dir=str(Path(args.runtime_dir).absolute()),
                   log_level=args.log_level, max_frame_bytes=args.max_frame_size,
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
-                  processor=args.processor)
+                  processor=args.processor, max_fps=args.max_fps,
+                  max_connections_per_ip=args.max_connections_per_ip,
+                  worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
+                  ping_timeout=args.ping_timeout,
+                  certfile=str(Path(args.certfile).absolute()) if args.certfile else "",
+                  keyfile=str(Path(args.keyfile).absolute()) if args.keyfile else "")
 
 
 def listen(ip: str, port: int) -> socket.socket:

@@ -33,6 +33,11 @@ class Config:
     stop_timeout: float = 10.0
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
+    worker_timeout: float = 10.0
+    max_fps: float = 100.0
+    max_connections_per_ip: int = 32
+    certfile: str = ""
+    keyfile: str = ""
     processor: str = "measure"
 
     def to_json(self) -> str:

@@ -30,6 +30,7 @@ from geventwebsocket.handler import WebSocketHandler
 from camstream import bus, legacy, proc, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
+from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
@@ -42,7 +43,7 @@ DEFAULT_REPLY_EVENT = "onAuthentication"
 class Conn:
     """One client connection, whichever protocol revision it speaks."""
 
-    __slots__ = ("sid", "address", "name", "counts", "emit", "disconnect", "logged")
+    __slots__ = ("sid", "address", "name", "counts", "emit", "disconnect", "logged", "rate")
 
     def __init__(self, sid: str, address: str, emit, disconnect) -> None:
         self.sid = sid
@@ -52,6 +53,7 @@ class Conn:
         self.emit = emit              # emit(event, *args) to this client only
         self.disconnect = disconnect  # disconnect() this client
         self.logged: set[str] = set()
+        self.rate: FrameRate | None = None
 
 
 class Ingest:
@@ -63,6 +65,8 @@ class Ingest:
         self.ledger = Ledger()
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
+        self.connections = ConnectionCount(config.max_connections_per_ip)
+        self.throttle = LoginThrottle()
         self.serving = False
         self.draining = False
         self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm)
@@ -73,12 +77,22 @@ class Ingest:
 
     # -- connections -------------------------------------------------------------------------
 
-    def connect(self, conn: Conn) -> None:
+    def connect(self, conn: Conn) -> bool:
+        """Admit a connection, unless its address holds too many already (or we are stopping)."""
+        if self.draining:
+            return False
+        if not self.connections.acquire(conn.address):
+            self._log_once(conn, "too many", "refusing a connection from %s: it has %d open "
+                           "(--max-connections-per-ip)", conn.address, self.connections.limit)
+            return False
         self.conns[conn.sid] = conn
         log.info("connection %s from %s", conn.sid, conn.address)
+        return True
 
     def disconnect(self, conn: Conn, reason: str = "") -> None:
-        self.conns.pop(conn.sid, None)
+        if self.conns.pop(conn.sid, None) is None:
+            return
+        self.connections.release(conn.address)
         if conn.name:
             self._leave(conn)
         log.info("connection %s from %s closed%s", conn.sid, conn.address,
@@ -92,16 +106,24 @@ class Ingest:
             log.warning("login refused from %s: %s", conn.address, e)
             return False
         if self.config.auth:
+            wait = self.throttle.wait(conn.address, name)
+            if wait:
+                log.warning("login refused for user %r from %s: too many failed logins, "
+                            "next try in %.1f s", name, conn.address, wait)
+                return False
             ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
             if not ok:
+                self.throttle.failed(conn.address, name)
                 log.warning("login failed for user %r from %s", name, conn.address)
                 return False
+            self.throttle.succeeded(conn.address, name)
         if conn.sid not in self.conns:  # it left while the password was being checked
             return False
         if conn.name:
             self._leave(conn)
         conn.name = name
         conn.counts = self.ledger.client(name)
+        conn.rate = FrameRate(self.config.max_fps)
         self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
         self.dispatcher.open(conn.sid, name, conn.counts)
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
@@ -165,6 +187,8 @@ class Ingest:
             return "empty frame"
         if len(jpeg) > self.config.max_frame_bytes:
             return "too large"
+        if not conn.rate.allow():
+            return "rate limited"
         return ""
 
     def on_unknown(self, conn: Conn, event: str) -> None:
@@ -211,6 +235,7 @@ class Ingest:
     def heartbeat(self) -> None:
         """Publish ingest's totals; the supervisor takes them as proof that ingest answers."""
         while True:
+            self.ledger.checkpoint()
             health = self.ledger.health()
             self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
                 "role": "ingest", "pid": os.getpid(), "totals": health["totals"],
@@ -238,6 +263,41 @@ class Ingest:
         return [body]
 
 
+class BoundedPacket(socketio.packet.Packet):
+    """A Socket.IO packet that announces more binary attachments than any event of ours
+    carries is a protocol error (it would otherwise make the server wait for, and hold, an
+    unbounded number of them)."""
+
+    MAX_ATTACHMENTS = 4
+
+    def decode(self, encoded_packet):
+        count = super().decode(encoded_packet)
+        if count > self.MAX_ATTACHMENTS:
+            raise ValueError(f"{count} binary attachments announced (at most "
+                             f"{self.MAX_ATTACHMENTS})")
+        return count
+
+
+def limit_websockets(app, limit: int):
+    """Open websockets per address, capped before socket.io sees them: a refused socket.io
+    connect alone would leave the transport open."""
+    count = ConnectionCount(limit)
+
+    def middleware(environ, start_response):
+        ws = environ.get("wsgi.websocket")
+        if ws is None:
+            return app(environ, start_response)
+        address = environ.get("REMOTE_ADDR", "?")
+        if not count.acquire(address):
+            ws.close(1008, b"too many connections from this address")
+            return []
+        try:
+            return app(environ, start_response)
+        finally:
+            count.release(address)
+    return middleware
+
+
 def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     """The current protocol (Engine.IO 4 / Socket.IO 5), served by python-socketio."""
     sio = socketio.Server(
@@ -246,7 +306,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
         # third); only beyond that does the transport drop the connection
         max_http_buffer_size=int(config.max_frame_bytes * 1.5) + 65536,
-        logger=False, engineio_logger=False)
+        serializer=BoundedPacket, logger=False, engineio_logger=False)
 
     @sio.event
     def connect(sid, environ, auth=None):
@@ -254,7 +314,9 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
                     lambda event, *args: sio.emit(event, args if len(args) != 1 else args[0],
                                                   to=sid),
                     lambda: sio.disconnect(sid))
-        ingest.connect(conn)
+        if not ingest.connect(conn):
+            raise socketio.exceptions.ConnectionRefusedError(
+                "shutting down" if ingest.draining else "too many connections")
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")
@@ -306,8 +368,10 @@ def main() -> int:
     ingest = Ingest(config, users, ctx)
     sio = socketio_server(ingest, config)
     app = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
+    app = limit_websockets(app, config.max_connections_per_ip)
+    tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = WSGIServer(listener, app, handler_class=WebSocketHandler, log=None,
-                        error_log=logging.getLogger("camstream.http"))
+                        error_log=logging.getLogger("camstream.http"), **tls)
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")
     if config.log_level != "debug":
@@ -321,7 +385,8 @@ def main() -> int:
              gevent.spawn(ingest.heartbeat)]
     server.start()
     ingest.serving = True
-    log.info("serving socket.io on %s:%d (auth %s, %d users)", config.ip, config.port,
+    log.info("serving socket.io on %s://%s:%d (auth %s, %d users)",
+             "https" if tls else "http", config.ip, config.port,
              "on" if config.auth else "off", len(users))
     stop.wait()
 

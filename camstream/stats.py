@@ -3,11 +3,14 @@
 
 Counters are plain integers bumped on the hot path; everything else is computed when asked.
 For each client: ``received`` = ``refused`` + ``dropped`` + ``dispatched`` + frames still
-waiting in ingest, and ``dispatched`` = ``processed`` + ``errors`` + frames still in a worker's
-queue (or lost with a worker that died).
+waiting in ingest, and ``dispatched`` = ``processed`` + ``errors`` + ``in_flight`` (in a
+worker's queue) + ``lost`` (held by a worker that died or hung). A frame counts as lost once it
+was dispatched more than LOST_AFTER seconds ago and no worker has reported it: the pipeline's
+queues are a few frames deep, so a frame still unreported by then went down with a worker.
 """
 from __future__ import annotations
 
+import collections
 import time
 from typing import Iterator
 
@@ -16,10 +19,11 @@ from prometheus_client.registry import Collector
 
 UNAUTHENTICATED = "(unauthenticated)"
 WORKER_STALE_S = 3.0  # a worker silent this long is not counted as alive
+LOST_AFTER = 5.0      # seconds after dispatch by which a frame is processed, or lost
 
 
 class ClientCounts:
-    __slots__ = ("received", "dispatched", "dropped", "refused", "refused_by")
+    __slots__ = ("received", "dispatched", "dropped", "refused", "refused_by", "history")
 
     def __init__(self) -> None:
         self.received = 0
@@ -27,6 +31,16 @@ class ClientCounts:
         self.dropped = 0
         self.refused = 0
         self.refused_by: dict[str, int] = {}
+        self.history: collections.deque = collections.deque()  # (monotonic, dispatched)
+
+    def dispatched_before(self, moment: float) -> int:
+        """How many frames had been dispatched at ``moment`` (from the checkpoints)."""
+        count = 0
+        for stamp, dispatched in self.history:
+            if stamp > moment:
+                break
+            count = dispatched
+        return count
 
     def refuse(self, reason: str) -> None:
         self.refused += 1
@@ -38,6 +52,7 @@ class Ledger:
         self.clients: dict[str, ClientCounts] = {}
         self.connected: dict[str, int] = {}          # client name -> open connections
         self._workers: dict[int, dict] = {}          # pid -> last stats of that worker process
+        self._baseline: dict[int, dict] = {}         # pid -> its counts before this ingest began
         self._worker_seen: dict[int, float] = {}     # pid -> monotonic time of its last stats
         self.supervisor: dict = {}
         self.started = time.time()
@@ -50,18 +65,34 @@ class Ledger:
 
     def worker_report(self, report: dict) -> None:
         """Keep each worker process's cumulative counters, the dead ones' too (their frames
-        were processed all the same)."""
-        self._workers[report["pid"]] = report
-        self._worker_seen[report["pid"]] = time.monotonic()
+        were processed all the same). A worker older than this ingest (ingest was restarted)
+        counts only what it did since."""
+        pid = report["pid"]
+        if pid not in self._workers and report.get("started", 0) < self.started:
+            self._baseline[pid] = report["clients"]
+        self._workers[pid] = report
+        self._worker_seen[pid] = time.monotonic()
 
     def processed(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for report in self._workers.values():
+        for pid, report in self._workers.items():
+            base = self._baseline.get(pid, {})
             for name, c in report["clients"].items():
+                b = base.get(name, {"processed": 0, "errors": 0})
                 o = out.setdefault(name, {"processed": 0, "errors": 0})
-                o["processed"] += c["processed"]
-                o["errors"] += c["errors"]
+                o["processed"] += c["processed"] - b["processed"]
+                o["errors"] += c["errors"] - b["errors"]
         return out
+
+    def checkpoint(self) -> None:
+        """Remember how many frames each client had dispatched now (called twice a second)."""
+        now = time.monotonic()
+        for counts in self.clients.values():
+            h = counts.history
+            if not h or h[-1][1] != counts.dispatched:
+                h.append((now, counts.dispatched))
+            while len(h) > 1 and h[1][0] < now - LOST_AFTER:
+                h.popleft()
 
     def workers_alive(self) -> int:
         now = time.monotonic()
@@ -70,15 +101,19 @@ class Ledger:
     def health(self) -> dict:
         done = self.processed()
         clients = {}
-        totals = dict.fromkeys(
-            ("received", "dispatched", "dropped", "processed", "errors", "refused"), 0)
+        totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
+                                "refused", "in_flight", "lost"), 0)
+        settled = time.monotonic() - LOST_AFTER
         for name in sorted(set(self.clients) | set(done)):
             c = self.clients.get(name) or ClientCounts()
             if name == UNAUTHENTICATED and not c.received:
                 continue
             d = done.get(name, {"processed": 0, "errors": 0})
+            done_n = d["processed"] + d["errors"]
+            lost = max(0, c.dispatched_before(settled) - done_n)
             row = {"received": c.received, "dispatched": c.dispatched, "dropped": c.dropped,
                    "processed": d["processed"], "errors": d["errors"], "refused": c.refused,
+                   "in_flight": max(0, c.dispatched - done_n - lost), "lost": lost,
                    "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
             clients[name] = row
             for k in totals:
@@ -110,6 +145,7 @@ class LedgerCollector(Collector):
             "dropped": "Frames accepted but dropped because the workers were full",
             "processed": "Frames decoded and processed by a worker",
             "errors": "Frames a worker could not decode or process",
+            "lost": "Frames dispatched but never reported: held by a worker that died",
             "refused": "Frames refused at ingest (unauthenticated, too large, malformed...)",
         }
         for key, text in help_.items():

@@ -39,7 +39,6 @@ log = logging.getLogger("camstream.supervisor")
 TICK = 0.5                # seconds between turns of the loop when nothing happens
 FRESH = 2.0               # a heartbeat younger than this proves its sender answers
 STATUS_EVERY = 2.0        # seconds between STATUS= lines to systemd
-HEARTBEAT_TIMEOUT = 15.0  # a child silent on the bus this long is hung: killed and replaced
 START_GRACE = 30.0        # time a new child has to send its first heartbeat
 STABLE_AFTER = 10.0       # a child that lived this long resets its backoff
 MAX_BACKOFF = 10.0
@@ -258,7 +257,7 @@ class Supervisor:
             if slot.proc is None:
                 continue
             silent = now - (slot.last_beat or slot.started)
-            limit = HEARTBEAT_TIMEOUT if slot.last_beat else START_GRACE
+            limit = self.config.worker_timeout if slot.last_beat else START_GRACE
             if silent > limit:
                 log.error("%s (pid %d) silent for %.0f s: killing it", slot.title,
                           slot.proc.pid, silent)
@@ -366,7 +365,7 @@ class Supervisor:
             "role": "supervisor", "pid": os.getpid(),
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
-                                 and now - s.last_beat < HEARTBEAT_TIMEOUT),
+                                 and now - s.last_beat < self.config.worker_timeout),
             "worker_restarts": sum(s.restarts for s in workers),
             "ingest_restarts": self.slots[0].restarts}))
 

@@ -171,7 +171,8 @@ def test_the_example_file_names_every_serve_option():
     for action in serve._actions:
         long = action.option_strings[-1] if action.option_strings else ""
         if long.startswith("--") and action.dest not in ("help", "config"):
-            assert f"\n{long[2:]} = " in text, f"{long} is missing from camstream.conf"
+            assert f"\n{long[2:]} = " in text or f"\n# {long[2:]} = " in text, \
+                f"{long} is missing from camstream.conf"
 
 
 def test_flags_override_the_file(tmp_path):

@@ -24,7 +24,7 @@ from workers import processors
 
 log = logging.getLogger("camstream.worker")
 
-STATS_INTERVAL = 0.5
+STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not yet reported
 DRAIN_IDLE_MS = 200
 
 
@@ -44,6 +44,7 @@ class Worker:
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir)
         self.counts: dict[str, Counts] = {}
         self.stopping = False
+        self.started = time.time()
         self._errors_logged: set[str] = set()
 
     def run(self) -> None:
@@ -92,7 +93,8 @@ class Worker:
                    for name, c in self.counts.items()}
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
-            {"role": "worker", "index": self.index, "pid": os.getpid(), "clients": clients}))
+            {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
+             "clients": clients}))
 
     def log_once(self, kind: str, msg: str, *args) -> None:
         """Log the first error of each kind; the counters carry the rest."""
