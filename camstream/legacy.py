@@ -587,7 +587,10 @@ class LegacyServer:
             "sid": sid, "upgrades": ["websocket"],
             "pingInterval": int(self.ping_interval * 1000),
             "pingTimeout": int(self.ping_timeout * 1000)}, separators=(",", ":")))
-        self.ingest.connect(session.conn)
+        if self.ingest.connect(session.conn) is False:  # refused (e.g. too many from there)
+            session.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
+            session.close("connection refused")
+            return session
         session.send_sio(Packet(CONNECT))  # Socket.IO 4: the default namespace, unasked
         return session
 

@@ -95,9 +95,8 @@ function main() {
       finish(3);
     }
   });
+  socket.io.on("open", () => engine().on("upgrade", () => { summary.upgraded = true; }));
   socket.on("connect", () => {
-    const eng = engine();
-    eng.on("upgrade", () => { summary.upgraded = true; });
     if (summary.authenticated === null) socket.emit("authenticate", opts.user, opts.password, "onAuthentication");
   });
   socket.on("onAuthentication", (ok) => {
