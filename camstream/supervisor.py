@@ -40,7 +40,6 @@ TICK = 0.5                # seconds between turns of the loop when nothing happe
 FRESH = 2.0               # a heartbeat younger than this proves its sender answers
 STATUS_EVERY = 2.0        # seconds between STATUS= lines to systemd
 START_GRACE = 30.0        # time a new child has to send its first heartbeat
-STABLE_AFTER = 10.0       # a child that lived this long resets its backoff
 MAX_BACKOFF = 10.0
 
 WORKER_ENV = {
@@ -239,7 +238,9 @@ class Supervisor:
                 log.info("%s (pid %d) retired", slot.title, pid)
                 continue
             lived = now - slot.started
-            slot.failures = 0 if lived > STABLE_AFTER else slot.failures + 1
+            # back off only from a crash loop: a child that dies before it ever answered
+            # (bad configuration, import error); one that was serving is replaced at once
+            slot.failures = 0 if slot.last_beat else slot.failures + 1
             delay = min(MAX_BACKOFF, 0.1 * 2 ** slot.failures) if slot.failures > 1 else 0.0
             slot.not_before = now + delay
             log.warning("%s (pid %d) %s after %.1f s; restarting%s", slot.title, pid,

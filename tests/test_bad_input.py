@@ -26,7 +26,7 @@ def test_bad_frames_get_reasons_and_the_connection_survives(daemons, clients):
     row = h["clients"]["gina"]
     assert row["received"] == 7 and row["refused"] == 5 and row["dispatched"] == 2
     assert row["refused_by"]["too large"] == 1
-    assert "not a decodable image" in d.output()
+    assert "is a truncated JPEG" in d.output()
     assert "ignoring unknown event 'no-such-event'" in d.output()
     # a second client never noticed
     other = clients(d.url, "hank")

@@ -28,6 +28,21 @@ STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not 
 DRAIN_IDLE_MS = 200
 
 
+def decode(jpeg: memoryview) -> tuple[np.ndarray | None, str]:
+    """A whole JPEG decoded, or None and why. imdecode alone would also take a PNG, and would
+    return the top of a truncated JPEG; its pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS, set by the
+    supervisor) stops a small file that declares huge dimensions before it allocates them."""
+    if jpeg[:2] != b"\xff\xd8":
+        return None, "is not a JPEG"
+    if b"\xff\xd9" not in bytes(jpeg[-32:]):
+        return None, "is a truncated JPEG (no end marker)"
+    try:
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    return (image, "") if image is not None else (None, "is not a decodable JPEG")
+
+
 class Counts:
     __slots__ = ("processed", "errors")
 
@@ -69,11 +84,11 @@ class Worker:
         counts = self.counts.get(header.client)
         if counts is None:
             counts = self.counts[header.client] = Counts()
-        image = cv2.imdecode(np.frombuffer(parts[1].buffer, np.uint8), cv2.IMREAD_COLOR)
+        image, problem = decode(parts[1].buffer)
         if image is None:
             counts.errors += 1
-            self.log_once("undecodable", "%s: frame %d is not a decodable image (%d bytes)",
-                          header.client, header.seq, header.size)
+            self.log_once(problem, "%s: frame %d (%d bytes) %s", header.client, header.seq,
+                          header.size, problem)
             return
         try:
             result = self.process(image, header)
