@@ -107,8 +107,10 @@ def _shared_daemon(tmp: Path, *args: str):
 
 @pytest.fixture(scope="module")
 def open_daemon(tmp_path_factory):
-    """``serve`` without --auth, with a 1 MiB frame limit (so oversize tests stay small)."""
-    yield from _shared_daemon(tmp_path_factory.mktemp("open"), "--max-frame-size", "1MiB")
+    """``serve`` without --auth, with a 1 MiB frame limit (so oversize tests stay small) and
+    heartbeats of 2 + 2 s (so a silent client is dropped within a test's patience)."""
+    yield from _shared_daemon(tmp_path_factory.mktemp("open"), "--max-frame-size", "1MiB",
+                              "--ping-interval", "2", "--ping-timeout", "2")
 
 
 USERS = {"alice": "wonderland", "bob": "builder", "carol": "singer", "dave": "diver"}

@@ -134,10 +134,29 @@ def test_handshake_announces_the_configured_ping_values(open_daemon):
     handshake = json.loads(rest[1:int(length)])
     assert rest[int(length):] == "2:40"  # Socket.IO 4 connects the default namespace unasked
     assert handshake["upgrades"] == ["websocket"]
-    assert (handshake["pingInterval"], handshake["pingTimeout"]) == (25000, 20000)
+    assert (handshake["pingInterval"], handshake["pingTimeout"]) == (2000, 2000)  # the flags
     r = requests.post(open_daemon.url + "/socket.io/", data="1:1", params={
         "EIO": "3", "transport": "polling", "sid": handshake["sid"]}, timeout=5)
     assert r.text == "ok"
+
+
+def test_silent_client_dropped_by_the_daemon(open_daemon):
+    ws = websocket.create_connection(
+        open_daemon.url.replace("http", "ws") + "/socket.io/?EIO=3&transport=websocket",
+        timeout=10)
+    try:
+        opened = time.monotonic()
+        assert json.loads(ws.recv()[1:])["pingInterval"] == 2000 and ws.recv() == "40"
+        with pytest.raises((websocket.WebSocketConnectionClosedException, OSError)):
+            while True:  # bounded by the socket timeout
+                ws.recv()
+                if not ws.connected:
+                    raise websocket.WebSocketConnectionClosedException
+        silent = time.monotonic() - opened
+    finally:
+        ws.close()
+    assert 3.9 <= silent <= 4 + 2, silent
+    assert "ping timeout" in open_daemon.output()
 
 
 class InProcessServer:
