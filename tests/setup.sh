@@ -10,3 +10,15 @@ if [ ! -d "$js/node_modules" ]; then
         npm install --prefix "$js" --silent --no-audit --no-fund
     fi
 fi
+
+# The display tests (tests/test_display.py) open windows on a virtual screen: Xvfb, xdotool to
+# find windows by name, xwininfo (x11-utils), ImageMagick's import for screenshots.
+if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
+        || ! command -v xwininfo >/dev/null || ! command -v import >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq xvfb xdotool x11-utils imagemagick
+    else
+        echo "tests/setup.sh: the display tests need: xvfb xdotool x11-utils imagemagick" \
+             "(as root: apt-get install -y xvfb xdotool x11-utils imagemagick); skipping them" >&2
+    fi
+fi
