@@ -350,7 +350,8 @@ class Windows:
 
     def __init__(self) -> None:
         self.open: set[str] = set()
-        self.placed = 0
+        self.placed = 0                 # where the next new window goes: a cursor over
+        self.x = self.y = self.row_height = 0   # rows of three, back to the top after six
         self.quit = False
 
     def show(self, streams) -> None:
@@ -366,10 +367,14 @@ class Windows:
                 cv2.namedWindow(stream.name, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_EXPANDED)
                 # side by side, three to a row; without a move Qt never paints a window
                 # that no window manager placed (Xvfb)
-                slot = self.placed % 6
-                cv2.moveWindow(stream.name, (slot % 3) * (max(400, image.shape[1]) + 40),
-                               (slot // 3) * (image.shape[0] + 100))
-                self.placed += 1
+                height, width = image.shape[:2]
+                if self.placed % 3 == 0:
+                    self.x, self.y = 0, (self.y + self.row_height if self.placed else 0)
+                    self.row_height = 0
+                cv2.moveWindow(stream.name, self.x, self.y)
+                self.x += max(400, width) + 20
+                self.row_height = max(self.row_height, height + 80)
+                self.placed = (self.placed + 1) % 6
                 self.open.add(stream.name)
             cv2.imshow(stream.name, image)
         key = cv2.waitKey(1) & 0xFF
