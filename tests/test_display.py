@@ -210,7 +210,12 @@ def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, stre
         print(f"shown {shown} score {scores[shown]:.2f} sent {now - streamer.sent[shown]:.2f}"
               f" s ago, newest {max(streamer.sent)}")
         return scores[shown] > 0.9 and now - streamer.sent[shown] < 1.0 and shown
-    wait_for(fresh, 5, interval=0.3, what="the display to show a frame under a second old")
+    try:
+        wait_for(fresh, 5, interval=0.3, what="the display to show a frame under a second old")
+    except AssertionError:
+        p.log.seek(0)
+        print(p.log.read())
+        raise
     assert p.poll() is None
 
 
