@@ -55,6 +55,16 @@ def _ingest_window(run: Run, server, count_fn, cpu_proc, specs: list[dict],
     """Run clients; measure server-side counts and the server process's CPU over the window
     (from 1 s after the clients start until 0.5 s before they stop)."""
     clients = Clients(server.url, run.workdir, specs, window + 1.5)
+    plain_count = count_fn
+
+    def count_fn():  # a loaded server may reset an HTTP request: ask again, bounded
+        for attempt in range(3):
+            try:
+                return plain_count()
+            except requests.RequestException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
     try:
         clients.wait_started()
         time.sleep(1.0)
