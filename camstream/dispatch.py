@@ -54,6 +54,7 @@ class Dispatcher:
 
     def offer(self, session: str, header: bytes, jpeg: bytes) -> None:
         box = self.boxes[session]
+        was_empty = not box.frames
         if len(box.frames) >= self.depth:
             box.frames.popleft()
             box.counts.dropped += 1
@@ -61,7 +62,7 @@ class Dispatcher:
         box.frames.append((header, jpeg))
         self.waiting += 1
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
-        if len(box.frames) == 1:
+        if was_empty:  # a session is in `ready` exactly while its mailbox holds frames
             self.ready.append(session)
             self._wakeup.set()
 
@@ -83,9 +84,20 @@ class Dispatcher:
             elif box.closed:
                 del self.boxes[session]
             self.in_hand = 1
-            self.frames_push.send_multipart((header, jpeg), copy=False)  # parks while full
+            self.hand_over(header, jpeg)
             self.in_hand = 0
             box.counts.dispatched += 1
+
+    def hand_over(self, header: bytes, jpeg: bytes) -> None:
+        """Send to the pipeline, parking this greenlet while it is full. The wait re-checks
+        every 100 ms: ZeroMQ signals readiness by edges, and a worker that connects while we
+        wait must not be missed."""
+        while True:
+            try:
+                self.frames_push.send_multipart((header, jpeg), flags=zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                self.frames_push.poll(100, zmq.POLLOUT)
 
     def drain(self, deadline: float) -> int:
         """Dispatch what is waiting, until ``deadline`` (monotonic); return what is left."""

@@ -298,9 +298,22 @@ def limit_websockets(app, limit: int):
     return middleware
 
 
+class Server(socketio.Server):
+    """python-socketio's server, with a malformed packet made a protocol error of its own
+    connection: one log line and a disconnect, instead of a traceback per packet."""
+
+    def _handle_eio_message(self, eio_sid, data):
+        try:
+            super()._handle_eio_message(eio_sid, data)
+        except ValueError as e:
+            log.warning("protocol error from %s: %s; closing it", eio_sid, e)
+            self._binary_packet.pop(eio_sid, None)
+            self.eio.disconnect(eio_sid)
+
+
 def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     """The current protocol (Engine.IO 4 / Socket.IO 5), served by python-socketio."""
-    sio = socketio.Server(
+    sio = Server(
         async_mode="gevent", async_handlers=False, cors_allowed_origins="*",
         ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a

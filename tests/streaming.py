@@ -1,0 +1,58 @@
+"""A streaming client in a thread: a python-socketio client that sends frames with acks at
+a steady rate, reconnects by itself, and records every answer."""
+from __future__ import annotations
+
+import threading
+import time
+
+import socketio
+
+from conftest import make_jpeg
+
+
+class Streamer:
+    def __init__(self, url: str, name: str, fps: float = 20.0, password: str = "",
+                 frames: list[bytes] | None = None) -> None:
+        self.url, self.name, self.fps, self.password = url, name, fps, password
+        self.frames = frames or [make_jpeg(seed=i) for i in range(8)]
+        self.acks: list[dict] = []
+        self.errors = 0
+        self.disconnects = 0
+        self._stop = threading.Event()
+        self.sio = socketio.Client(reconnection=True, reconnection_delay=0.2,
+                                   reconnection_delay_max=1)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_disconnect(self, *args) -> None:
+        self.disconnects += 1
+
+    def start(self) -> Streamer:
+        self.sio.connect(self.url, transports=["websocket"], wait_timeout=10,
+                         auth={"username": self.name, "password": self.password})
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                ack = self.sio.call("frame", ({}, self.frames[n % len(self.frames)]), timeout=5)
+                self.acks.append(ack)
+            except socketio.exceptions.SocketIOError:
+                self.errors += 1
+                time.sleep(0.1)
+            n += 1
+            if self.fps:
+                self._stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - started)))
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for a in self.acks if a.get("accepted"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+        if self.sio.connected:
+            self.sio.disconnect()

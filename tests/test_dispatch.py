@@ -1,0 +1,60 @@
+"""The dispatcher's mailboxes: the newest frames win, each session is queued once, and the
+round-robin reaches every client. Real ZeroMQ sockets (pyzmq's gevent API) over inproc."""
+from __future__ import annotations
+
+import gevent
+import zmq.green as zmq
+
+from camstream.dispatch import Dispatcher
+from camstream.stats import ClientCounts
+
+
+def pipeline(hwm: int = 1000):
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, hwm)
+    push.bind("inproc://frames")
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("inproc://bus")
+    pull = ctx.socket(zmq.PULL)
+    pull.connect("inproc://frames")
+    return ctx, Dispatcher(push, pub, queue_depth=1), pull
+
+
+def test_newest_frame_wins_and_the_session_is_queued_once():
+    ctx, dispatcher, pull = pipeline()
+    counts = ClientCounts()
+    dispatcher.open("s1", "alice", counts)
+    for n in range(3):
+        dispatcher.offer("s1", b"h%d" % n, b"jpeg")
+    assert list(dispatcher.ready) == ["s1"]
+    assert counts.dropped == 2 and dispatcher.waiting == 1
+    dispatcher.send_ready()
+    assert pull.recv_multipart() == [b"h2", b"jpeg"]
+    assert counts.dispatched == 1 and dispatcher.waiting == 0 and not dispatcher.ready
+    ctx.destroy(linger=0)
+
+
+def test_round_robin_gives_every_client_its_turn():
+    ctx, dispatcher, pull = pipeline()
+    for name in ("fast", "slow"):
+        dispatcher.open(name, name, ClientCounts())
+    dispatcher.offer("fast", b"f1", b"x")
+    dispatcher.offer("slow", b"s1", b"x")
+    dispatcher.offer("fast", b"f2", b"x")   # replaces f1, fast keeps its place in the round
+    runner = gevent.spawn(dispatcher.run)
+    got = [pull.recv_multipart()[0] for _ in range(2)]
+    runner.kill()
+    assert got == [b"f2", b"s1"]
+    ctx.destroy(linger=0)
+
+
+def test_a_closed_connections_accepted_frame_is_still_dispatched():
+    ctx, dispatcher, pull = pipeline()
+    dispatcher.open("s1", "bob", ClientCounts())
+    dispatcher.offer("s1", b"h", b"last words")
+    dispatcher.close("s1")
+    dispatcher.send_ready()
+    assert pull.recv_multipart() == [b"h", b"last words"]
+    assert "s1" not in dispatcher.boxes
+    ctx.destroy(linger=0)

@@ -1,0 +1,220 @@
+"""Faults under a streaming load: the daemon keeps working, and what it loses is counted."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from camstream import bus, wire
+from conftest import free_port, make_jpeg, wait_for
+from streaming import Streamer
+
+
+@pytest.fixture
+def streamers():
+    made: list[Streamer] = []
+
+    def start(url: str, name: str, **kw) -> Streamer:
+        s = Streamer(url, name, **kw).start()
+        made.append(s)
+        return s
+    yield start
+    for s in made:
+        s.stop()
+
+
+def settled(d, names: list[str], timeout: float = 20) -> dict:
+    """Wait until nothing is in flight any more (lost is decided LOST_AFTER after dispatch)."""
+    def done():
+        h = d.health()
+        rows = [h["clients"].get(n) for n in names]
+        return all(r and r["in_flight"] == 0 and
+                   r["dispatched"] == r["processed"] + r["errors"] + r["lost"] for r in rows) \
+            and h
+    return wait_for(done, timeout, interval=0.3, what="every dispatched frame settled")
+
+
+def test_worker_killed_20_times(daemons, streamers):
+    d = daemons(workers=2)
+    names = ["k1", "k2", "k3"]
+    clients = [streamers(d.url, n, fps=25) for n in names]
+    rng = random.Random(7)
+    kills = 0
+    while kills < 20:
+        time.sleep(rng.uniform(0.2, 0.6))
+        alive = [p for p in (d.child("worker 1"), d.child("worker 2")) if p is not None]
+        if not alive:
+            continue
+        victim = rng.choice(alive)
+        try:
+            victim.kill()
+            kills += 1
+        except Exception:
+            continue
+    time.sleep(1)
+    for c in clients:
+        c.stop()
+    # ingest never stopped accepting: every frame of the paced clients got an accepted ack
+    for c in clients:
+        assert c.acks and all(a["accepted"] for a in c.acks), c.name
+        assert c.disconnects == 0 or not c.sio.connected
+    wait_for(lambda: (w := d.health()["workers"])["restarts"] == 20 and w["alive"] == 2, 20,
+             what="20 restarts and 2 workers alive again")
+    h = settled(d, names)
+    lost = 0
+    for c in clients:
+        row = h["clients"][c.name]
+        # a call whose ack did not come back in time counts as an error on the client's side
+        assert len(c.acks) <= row["received"] <= len(c.acks) + c.errors, (row, c.errors)
+        assert row["received"] == row["dispatched"] + row["dropped"] + row["refused"], \
+            [ln for ln in d.output().splitlines() if "ingest" in ln or "Error" in ln
+             or "raceback" in ln or "File" in ln][-40:]
+        lost += row["lost"]
+    # at most what each killed worker held: its queue (2), what sat in the socket buffers, the
+    # frame in hand, and what it processed in its last quarter second but had not reported
+    assert lost <= 20 * 12, lost
+    assert h["totals"]["lost"] == lost
+
+
+def test_ingest_killed_clients_reconnect(daemons):
+    d = daemons(workers=1)
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "send", d.url, "-u", "phoenix", "--fps", "20",
+         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: d.health()["clients"]["phoenix"]["processed"] > 10, 15,
+                 what="streaming to start")
+        d.child("ingest").kill()
+        h = wait_for(lambda: (h := d.health())["ingest"]["restarts"] == 1 and
+                     h["clients"].get("phoenix", {}).get("processed", 0) > 10 and h, 30,
+                     what="ingest to come back and the client to stream again")
+        assert h["clients"]["phoenix"]["connected"] == 1
+        assert "ingest (pid" in d.output() and "SIGKILL" in d.output()
+    finally:
+        sender.send_signal(signal.SIGINT)
+        sender.wait(timeout=15)
+
+
+def test_hung_worker_is_killed_and_replaced(daemons, streamers):
+    d = daemons("--worker-timeout", "2", workers=2)
+    s = streamers(d.url, "steady", fps=20)
+    time.sleep(1)
+    hung = wait_for(lambda: d.child("worker 1"), 10, what="worker 1")
+    hung.suspend()
+    new = wait_for(lambda: (c := d.child("worker 1")) and c.pid != hung.pid and c, 15,
+                   what="the hung worker to be replaced")
+    assert new.is_running()
+    assert "worker 1 (pid %d) silent for" % hung.pid in d.output()
+    time.sleep(1)
+    s.stop()
+    h = settled(d, ["steady"])
+    row = h["clients"]["steady"]
+    assert all(a["accepted"] for a in s.acks)
+    assert row["lost"] <= 12   # what the hung worker held
+    assert row["processed"] + row["lost"] + row["errors"] == row["dispatched"]
+
+
+def test_sigterm_drains_every_accepted_frame(daemons, tmp_path):
+    d = daemons("--stop-timeout", "10", "--max-fps", "10000", workers=2)
+    ctx = zmq.Context()
+    sub = bus.bus_sub(ctx, str(d.runtime_dir), wire.PROCESSED, hwm=100000)
+    processed: dict[str, set[int]] = {}
+    stop = threading.Event()
+
+    def collect():
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        while not stop.is_set():
+            if poller.poll(100):
+                parts = sub.recv_multipart()
+                header = wire.Header.unpack(parts[1])
+                processed.setdefault(header.client, set()).add(header.seq)
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+    time.sleep(0.5)  # the subscription reaches the bus
+    clients = [Streamer(d.url, f"drain{i}", fps=30).start() for i in range(3)]
+    try:
+        time.sleep(3)
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=15) == 0
+    finally:
+        for c in clients:
+            c.stop()
+        time.sleep(0.3)
+        stop.set()
+        collector.join(timeout=5)
+        sub.close(0)
+        ctx.term()
+    total = 0
+    for c in clients:
+        accepted = {a["seq"] for a in c.acks if a.get("accepted")}
+        total += len(accepted)
+        refused = {a.get("reason") for a in c.acks if not a.get("accepted")}
+        assert refused <= {"shutting down"}, refused
+        # an accepted frame is processed, or was replaced by a newer one of the same client
+        # while the workers were busy (counted as dropped; the last ack says how many)
+        dropped = max(a.get("dropped", 0) for a in c.acks if a.get("accepted"))
+        missing = accepted - processed.get(c.name, set())
+        assert len(missing) <= dropped, f"{c.name}: {len(missing)} accepted frames lost"
+    assert total > 50
+    assert "draining" in d.output()
+
+
+def test_new_connections_are_refused_while_draining(daemons, streamers):
+    d = daemons("--stop-timeout", "10", workers=1)
+    s = streamers(d.url, "busy", fps=0)
+    time.sleep(1)
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    import socketio
+    late = socketio.Client(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        late.connect(d.url, transports=["websocket"], wait_timeout=3,
+                     auth={"username": "late", "password": ""})
+    assert d.proc.wait(timeout=15) == 0
+    assert s.accepted > 0
+
+
+@pytest.mark.parametrize("make_dir, message", [
+    (lambda tmp: tmp / "a-file" / "run", "Not a directory"),
+    (lambda tmp: "/proc/camstream-run", "runtime directory /proc/camstream-run"),
+])
+def test_unusable_runtime_dir(tmp_path, make_dir, message):
+    (tmp_path / "a-file").write_text("in the way")
+    result = subprocess.run(
+        [sys.executable, "-m", "camstream", "serve", "-i", "127.0.0.1", "-p", str(free_port()),
+         "--runtime-dir", str(make_dir(tmp_path))], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_bad_frames_are_errors_never_crashes(daemons, clients, tmp_path):
+    import cv2
+    import numpy as np
+    d = daemons(workers=1)
+    sio = clients(d.url, "fuzzy")
+    good = make_jpeg()
+    bomb = bytearray(good)
+    sof = bomb.find(b"\xff\xc0")
+    bomb[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2   # declares 60000 x 60000
+    png = cv2.imencode(".png", np.zeros((50, 50, 3), np.uint8))[1].tobytes()
+    bad = [good[: len(good) // 2], png, bytes(np.random.default_rng(1).integers(
+        0, 255, 5000, dtype=np.uint8)), bytes(bomb)]
+    worker = d.child("worker 1")
+    for frame in bad + [good]:
+        assert sio.call("frame", ({}, frame), timeout=10)["accepted"] is True
+    h = wait_for(lambda: (h := d.health())["clients"]["fuzzy"]["errors"] == 4 and
+                 h["clients"]["fuzzy"]["processed"] == 1 and h, 15,
+                 what="4 errors and 1 processed")
+    assert d.child("worker 1").pid == worker.pid, "the worker survived"
+    assert worker.memory_info().rss < 400 * 1024 * 1024
+    assert h["workers"]["restarts"] == 0
+    out = d.output()
+    for problem in ("truncated JPEG", "is not a JPEG", "is not a decodable JPEG"):
+        assert problem in out
