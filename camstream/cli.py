@@ -121,9 +121,23 @@ def build_parser() -> Parser:
     serve.add_argument("--certfile", metavar="FILE",
                        help="serve https/wss with this certificate (PEM; with --keyfile)")
     serve.add_argument("--keyfile", metavar="FILE", help="the certificate's private key (PEM)")
-    serve.add_argument("--processor", default="measure", metavar="NAME",
-                       help="what workers do with each frame: a built-in name or "
-                       "module:attr (default: %(default)s)")
+    serve.add_argument("--processor", default="stats", metavar="NAME",
+                       help="what workers do with each frame: a built-in (stats, faces, "
+                       "motion, edges), an installed entry point (group camstream.processors) "
+                       "or module:attr (default: %(default)s)")
+    serve.add_argument("--processor-opt", dest="processor_options", action="append",
+                       type=processor_opt, default=[], metavar="KEY=VALUE",
+                       help="an option for the processor, e.g. --processor-opt neighbors=3; "
+                       "repeat for more")
+    serve.add_argument("--record", metavar="DIR", default="",
+                       help="record every frame the workers receive, as it arrived, in "
+                       "DIR/<client>/<date>/ with an index of headers and results")
+    serve.add_argument("--record-max-gb", type=positive_float, default=0.0, metavar="GB",
+                       help="with --record: delete the oldest days beyond this size "
+                       "(default: keep everything)")
+    serve.add_argument("--emit-results", action="store_true",
+                       help="send each processor result back to the client that sent the "
+                       "frame, as a 'result' event")
     serve.set_defaults(run=run_serve)
 
     demo = verbs.add_parser("demo", help="run the daemon on 127.0.0.1 with a demo client",
@@ -203,11 +217,27 @@ def build_parser() -> Parser:
     display.add_arguments(show)
     show.set_defaults(run=display.run)
 
+    from camstream import tap
+    taps = verbs.add_parser("tap", help="print a running daemon's results as JSON lines",
+                            description="Attach to a running daemon's bus and print every "
+                            "processor result as one JSON object per line (for jq and "
+                            "friends); Ctrl-C detaches.")
+    tap.add_arguments(taps)
+    taps.set_defaults(run=tap.run)
+
     units = verbs.add_parser("systemd", help="print how to install camstream as a service",
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
     units.set_defaults(run=run_systemd)
     return parser
+
+
+def processor_opt(text: str) -> tuple[str, str]:
+    from workers.processors import parse_option
+    try:
+        return parse_option(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_runtime_dir(parser: argparse.ArgumentParser) -> None:
@@ -229,10 +259,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not len(users):
             raise CliError(f"--auth: the users file {args.users} has no users "
                            f"(add one with: camstream users add NAME --users {args.users})")
+    options = tuple(tuple(pair) for pair in args.processor_options)
     try:
-        load(args.processor)
+        load(args.processor, options)
     except Exception as e:
         raise CliError(f"--processor {args.processor}: {e}") from None
+    record_dir = str(Path(args.record).absolute()) if args.record else ""
+    if record_dir:
+        try:
+            Path(record_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CliError(f"--record {args.record}: {e.strerror}") from None
+        if not os.access(record_dir, os.W_OK):
+            raise CliError(f"--record {args.record}: not writable")
+    elif args.record_max_gb:
+        raise CliError("--record-max-gb needs --record DIR")
     if bool(args.certfile) != bool(args.keyfile):
         raise CliError("--certfile and --keyfile go together")
     if args.certfile:
@@ -247,7 +288,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   runtime_dir=str(Path(args.runtime_dir).absolute()),
                   log_level=args.log_level, max_frame_bytes=args.max_frame_size,
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
-                  processor=args.processor, max_fps=args.max_fps,
+                  processor=args.processor, processor_options=options,
+                  record_dir=record_dir, record_max_gb=args.record_max_gb,
+                  emit_results=args.emit_results, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,
@@ -331,7 +374,10 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
         if action.choices and converted not in action.choices:
             raise CliError(f"{where}: {key}: expected one of {', '.join(action.choices)}, "
                            f"got {value!r}")
-        values[action.dest] = converted
+        if isinstance(action, argparse._AppendAction):  # a repeatable key
+            values.setdefault(action.dest, []).append(converted)
+        else:
+            values[action.dest] = converted
     return values
 
 

@@ -38,7 +38,11 @@ class Config:
     max_connections_per_ip: int = 32
     certfile: str = ""
     keyfile: str = ""
-    processor: str = "measure"
+    processor: str = "stats"
+    processor_options: tuple = ()   # (key, value) pairs from --processor-opt key=value
+    record_dir: str = ""            # --record DIR: recordings (written by the workers)
+    record_max_gb: float = 0.0      # --record-max-gb: prune the oldest days beyond this; 0: never
+    emit_results: bool = False      # --emit-results: send each result to its client
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -38,6 +38,7 @@ log = logging.getLogger("camstream.ingest")
 
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_REPLY_EVENT = "onAuthentication"
+RESULT_ERRORS_LOGGED: set[type] = set()  # --emit-results: kinds of failure logged once
 
 
 class Conn:
@@ -232,6 +233,28 @@ class Ingest:
             except (ValueError, KeyError, IndexError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
+    def listen_results(self, ctx: zmq.Context) -> None:
+        """--emit-results: each worker result goes back, as a ``result`` event, to the
+        connection that sent the frame (header.session). A greenlet of its own on the bus,
+        off the frame path; a result whose connection has gone is skipped."""
+        sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.PROCESSED, hwm=1000)
+        handled = 0
+        while True:
+            parts = sub.recv_multipart(copy=False)
+            try:
+                header = wire.Header.unpack(parts[1].buffer)
+                conn = self.conns.get(header.session)
+                if conn is not None and conn.name == header.client:
+                    conn.emit("result", json.loads(parts[2].bytes))
+            except Exception as e:  # a bad message or a closing connection: skip it
+                if type(e) not in RESULT_ERRORS_LOGGED:
+                    RESULT_ERRORS_LOGGED.add(type(e))
+                    log.warning("a result could not be sent to its client: %r (further "
+                                "errors of this kind are not logged)", e)
+            handled += 1
+            if handled % 16 == 0:
+                gevent.sleep(0)  # recv does not yield while results are waiting
+
     def heartbeat(self) -> None:
         """Publish ingest's totals; the supervisor takes them as proof that ingest answers."""
         while True:
@@ -396,6 +419,8 @@ def main() -> int:
     gevent.signal_handler(signal.SIGHUP, ingest.reload_users)
     tasks = [gevent.spawn(ingest.dispatcher.run), gevent.spawn(ingest.listen_stats, ctx),
              gevent.spawn(ingest.heartbeat)]
+    if config.emit_results:
+        tasks.append(gevent.spawn(ingest.listen_results, ctx))
     server.start()
     ingest.serving = True
     log.info("serving socket.io on %s://%s:%d (auth %s, %d users)",

@@ -1,7 +1,9 @@
 """A worker process: the PULL end of the frame pipeline.
 
-Loop: pull ``[header, jpeg]``, ``cv2.imdecode``, run the processor, publish the result on the
-bus; every half second publish cumulative per-client counters (they double as the worker's
+Loop: pull ``[header, jpeg]``, ``cv2.imdecode``, run the processor (see
+:mod:`workers.processors`), publish the result (and the annotated image, JPEG-encoded, if the
+processor made one) on the bus, and hand the frame to the recorder with ``--record``; every
+quarter second publish cumulative per-client counters (they double as the worker's
 heartbeat). A frame that does not decode is counted as an error, never a crash. On SIGTERM the
 worker drains what is already queued to it, then exits.
 """
@@ -21,6 +23,7 @@ import zmq
 from camstream import bus, proc, wire
 from camstream.wire import Header
 from workers import processors
+from workers.recorder import Recorder
 
 log = logging.getLogger("camstream.worker")
 
@@ -44,17 +47,27 @@ def decode(jpeg: memoryview) -> tuple[np.ndarray | None, str]:
 
 
 class Counts:
-    __slots__ = ("processed", "errors")
+    __slots__ = ("processed", "errors", "processor_errors", "recorded", "record_errors",
+                 "record_dropped")
 
     def __init__(self) -> None:
         self.processed = 0
-        self.errors = 0
+        self.errors = 0            # frames not processed: undecodable, or the processor failed
+        self.processor_errors = 0  # of which the processor failed (raised, or a bad result)
+        self.recorded = 0          # --record: files written
+        self.record_errors = 0     # --record: writes that failed (disk full, unwritable...)
+        self.record_dropped = 0    # --record: frames the disk could not keep up with
 
 
 class Worker:
     def __init__(self, config, index: int, ctx: zmq.Context) -> None:
         self.index = index
-        self.process = processors.load(config.processor)
+        self.process = processors.load(config.processor, config.processor_options)
+        self.recorder: Recorder | None = None
+        if config.record_dir:
+            self.recorder = Recorder(config.record_dir, int(config.record_max_gb * 1e9), index,
+                                     self.log_once)
+            self.recorder.start()
         self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm)
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir)
         self.counts: dict[str, Counts] = {}
@@ -89,22 +102,40 @@ class Worker:
             counts.errors += 1
             self.log_once(problem, "%s: frame %d (%d bytes) %s", header.client, header.seq,
                           header.size, problem)
+            if self.recorder:
+                self.recorder.put(header, parts[1], json.dumps({"error": problem}).encode(),
+                                  counts)
             return
         try:
             result = self.process(image, header)
+            annotated = None
+            if type(result) is tuple:
+                result, annotated = result
+            if not isinstance(result, dict):
+                raise TypeError(f"returned {type(result).__name__}, expected a dict or a "
+                                "(dict, image) tuple")
+            result["seq"] = header.seq
+            result["worker"] = self.index
+            result["done_ns"] = time.time_ns()
+            payload = json.dumps(result, separators=(",", ":")).encode()
+            jpeg = b"" if annotated is None else cv2.imencode(".jpg", annotated)[1]
         except Exception as exc:  # a processor bug costs this frame, not the worker
             counts.errors += 1
-            self.log_once(type(exc).__name__, "processor failed on %s frame %d: %r",
-                          header.client, header.seq, exc)
+            counts.processor_errors += 1
+            self.log_once("processor " + type(exc).__name__, "processor failed on %s frame "
+                          "%d: %r", header.client, header.seq, exc)
+            if self.recorder:
+                self.recorder.put(header, parts[1], json.dumps(
+                    {"error": f"processor failed: {exc!r}"}).encode(), counts)
             return
         counts.processed += 1
-        result["done_ns"] = time.time_ns()
         self.bus_pub.send_multipart(
-            [wire.topic(wire.PROCESSED, header.client), parts[0],
-             json.dumps(result, separators=(",", ":")).encode(), b""], copy=False)
+            [wire.topic(wire.PROCESSED, header.client), parts[0], payload, jpeg], copy=False)
+        if self.recorder:
+            self.recorder.put(header, parts[1], payload, counts)
 
     def publish_stats(self) -> None:
-        clients = {name: {"processed": c.processed, "errors": c.errors}
+        clients = {name: {key: getattr(c, key) for key in Counts.__slots__}
                    for name, c in self.counts.items()}
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
@@ -130,6 +161,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     log.info("pulling frames from %s", bus.endpoint(config.runtime_dir, bus.FRAMES))
     worker.run()
+    if worker.recorder:
+        worker.recorder.close(timeout=min(5.0, config.stop_timeout / 3))
     ctx.destroy(linger=500)
     log.info("stopped")
     return 0

@@ -1,0 +1,207 @@
+"""The built-in processors: ``stats`` (the default; ``measure`` is its old name), ``faces``,
+``motion`` and ``edges``. Each is a class following the API in :mod:`workers.processors`;
+options come from ``--processor-opt key=value`` and are checked in ``setup``, so a typo stops
+``camstream serve`` before anything starts."""
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import numpy as np
+
+from camstream.wire import Header
+
+TRUE = {"1", "yes", "true", "on"}
+FALSE = {"0", "no", "false", "off"}
+
+
+def parse_options(name: str, options: dict, defaults: dict) -> dict:
+    """``options`` (strings) converted to the types of ``defaults``; unknown keys refused."""
+    out = dict(defaults)
+    for key, text in options.items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise ValueError(f"{name}: unknown option {key!r} (options: {known})")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if str(text).lower() not in TRUE | FALSE:
+                    raise ValueError
+                out[key] = str(text).lower() in TRUE
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"{name}: option {key}: expected {kind.__name__}, "
+                             f"got {text!r}") from None
+    return out
+
+
+class Stats:
+    """The default: size, brightness (mean grey, 0-255) and sharpness (variance of the
+    Laplacian: low means blurred or out of focus)."""
+
+    def setup(self, options: dict) -> None:
+        parse_options("stats", options, {})
+
+    def process(self, image: np.ndarray, header: Header) -> dict:
+        height, width = image.shape[:2]
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_64F))
+        return {"width": width, "height": height,
+                "brightness": round(float(cv2.mean(gray)[0]), 2),
+                "sharpness": round(float(std[0, 0]) ** 2, 2)}
+
+
+CASCADE = "haarcascade_frontalface_default.xml"
+CASCADE_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades")
+
+
+def find_cascade(path: str = "") -> str:
+    """The frontal-face Haar cascade: ``path``, else OpenCV's bundled one, else the
+    system's (Debian's opencv-data)."""
+    if path:
+        if not os.path.isfile(path):
+            raise ValueError(f"faces: cascade file {path} does not exist")
+        return path
+    dirs = [getattr(getattr(cv2, "data", None), "haarcascades", "") or "", *CASCADE_DIRS]
+    for d in dirs:
+        candidate = os.path.join(d, CASCADE)
+        if d and os.path.isfile(candidate):
+            return candidate
+    raise ValueError(f"faces: no {CASCADE} in OpenCV {cv2.__version__}'s data or "
+                     f"{', '.join(CASCADE_DIRS)} (OpenCV 5 wheels no longer bundle the Haar "
+                     "cascades: install opencv-python<5, or pass cascade=PATH)")
+
+
+class Faces:
+    """Frontal faces with OpenCV's Haar cascade; boxes in the result, drawn on the annotated
+    image (published only when there are faces, to spare the JPEG encode)."""
+
+    DEFAULTS = {"scale": 1.1, "neighbors": 5, "min_size": 30, "cascade": "", "equalize": False,
+                "annotate": True}
+
+    def setup(self, options: dict) -> None:
+        o = parse_options("faces", options, self.DEFAULTS)
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise ValueError(f"faces: OpenCV {cv2.__version__} has no CascadeClassifier "
+                             "(OpenCV 5 moved it to opencv-contrib-python; or install "
+                             "opencv-python<5)")
+        self.cascade = cv2.CascadeClassifier(find_cascade(o["cascade"]))
+        if self.cascade.empty():
+            raise ValueError(f"faces: cannot read the cascade {o['cascade'] or CASCADE}")
+        self.scale = o["scale"]
+        self.neighbors = o["neighbors"]
+        self.min_size = (o["min_size"], o["min_size"])
+        self.annotate = o["annotate"]
+        self.equalize = o["equalize"]  # helps with dim, low-contrast cameras
+
+    def process(self, image: np.ndarray, header: Header):
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if self.equalize:
+            gray = cv2.equalizeHist(gray)
+        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale,
+                                              minNeighbors=self.neighbors,
+                                              minSize=self.min_size)
+        boxes = [[int(v) for v in box] for box in found]
+        result = {"faces": len(boxes), "boxes": boxes}
+        if not boxes or not self.annotate:
+            return result
+        for x, y, w, h in boxes:
+            cv2.rectangle(image, (x, y), (x + w, y + h), (0, 255, 0), 2)
+        return result, image
+
+
+class _Track:
+    __slots__ = ("model", "last_seq", "seen", "used")
+
+    def __init__(self, history: int, threshold: float) -> None:
+        self.model = cv2.createBackgroundSubtractorMOG2(history, threshold, False)
+        self.last_seq = 0
+        self.seen = 0
+        self.used = 0.0
+
+
+class Motion:
+    """Moving regions by background subtraction (MOG2), one model per client in each worker.
+
+    The pipeline spreads a client's frames over the workers (PUSH is round-robin), so each
+    worker's model sees every Nth frame of a client, in order (one PUSH socket feeds each
+    worker's queue in sequence). The gap since the frame a model last saw is in the result
+    (``gap``) and scales the learning rate, so the model forgets the background at the same
+    pace in time whatever the number of workers. A sequence number going back (ingest
+    restarted) resets the model and says so (``reset``)."""
+
+    DEFAULTS = {"history": 100, "threshold": 16.0, "min_area": 0.002, "warmup": 2,
+                "width": 320, "annotate": True}
+    IDLE_S = 60.0  # a client silent this long loses its model
+
+    def setup(self, options: dict) -> None:
+        o = parse_options("motion", options, self.DEFAULTS)
+        if o["history"] < 1 or o["width"] < 16:
+            raise ValueError("motion: history must be 1 or more and width 16 or more")
+        self.o = o
+        self.tracks: dict[str, _Track] = {}
+        self.calls = 0
+
+    def process(self, image: np.ndarray, header: Header):
+        o = self.o
+        now = time.monotonic()
+        self.calls += 1
+        if self.calls % 256 == 0:
+            self.tracks = {k: t for k, t in self.tracks.items() if now - t.used < self.IDLE_S}
+        track = self.tracks.get(header.client)
+        reset = track is not None and header.seq <= track.last_seq
+        if track is None or reset:
+            track = self.tracks[header.client] = _Track(o["history"], o["threshold"])
+            gap = 0
+        else:
+            gap = header.seq - track.last_seq - 1
+        track.last_seq, track.used = header.seq, now
+        track.seen += 1
+        width = image.shape[1]
+        factor = min(1.0, o["width"] / width)
+        small = cv2.resize(image, None, fx=factor, fy=factor,
+                           interpolation=cv2.INTER_AREA) if factor < 1.0 else image
+        rate = 1.0 - (1.0 - 1.0 / o["history"]) ** (gap + 1)
+        mask = track.model.apply(small, learningRate=rate if track.seen > 1 else 1.0)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        warming = track.seen <= o["warmup"]
+        boxes = []
+        moving = 0.0
+        if not warming:
+            moving = cv2.countNonZero(mask) / mask.size
+            min_px = o["min_area"] * mask.size
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for c in contours:
+                if cv2.contourArea(c) >= min_px:
+                    x, y, w, h = cv2.boundingRect(c)
+                    boxes.append([int(x / factor), int(y / factor), int(w / factor),
+                                  int(h / factor)])
+        result = {"motion": bool(boxes), "boxes": boxes, "moving": round(moving, 4),
+                  "gap": gap, "warming_up": warming}
+        if reset:
+            result["reset"] = True
+        if not boxes or not o["annotate"]:
+            return result
+        for x, y, w, h in boxes:
+            cv2.rectangle(image, (x, y), (x + w, y + h), (0, 0, 255), 2)
+        return result, image
+
+
+class Edges:
+    """Canny edges: the share of edge pixels in the result, the edge map as the annotated
+    image."""
+
+    DEFAULTS = {"low": 100.0, "high": 200.0, "annotate": True}
+
+    def setup(self, options: dict) -> None:
+        o = parse_options("edges", options, self.DEFAULTS)
+        if not 0 <= o["low"] <= o["high"]:
+            raise ValueError("edges: expected 0 <= low <= high")
+        self.low, self.high, self.annotate = o["low"], o["high"], o["annotate"]
+
+    def process(self, image: np.ndarray, header: Header):
+        edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), self.low, self.high)
+        result = {"edges": round(cv2.countNonZero(edges) / edges.size, 4)}
+        return (result, edges) if self.annotate else result
