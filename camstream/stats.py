@@ -48,7 +48,8 @@ class ClientCounts:
 
 
 class Ledger:
-    def __init__(self) -> None:
+    def __init__(self, restarted: bool = False) -> None:
+        self.restarted = restarted  # an ingest replacing one that died: workers predate it
         self.clients: dict[str, ClientCounts] = {}
         self.connected: dict[str, int] = {}          # client name -> open connections
         self._workers: dict[int, dict] = {}          # pid -> last stats of that worker process
@@ -68,7 +69,8 @@ class Ledger:
         were processed all the same). A worker older than this ingest (ingest was restarted)
         counts only what it did since."""
         pid = report["pid"]
-        if pid not in self._workers and report.get("started", 0) < self.started:
+        if self.restarted and pid not in self._workers and \
+                report.get("started", 0) < self.started:
             self._baseline[pid] = report["clients"]
         self._workers[pid] = report
         self._worker_seen[pid] = time.monotonic()

@@ -88,6 +88,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.stopping = False
         self.ready = False
+        self.last_tick = 0.0
         self.last_watchdog = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
 
@@ -107,8 +108,10 @@ class Supervisor:
                 self.murder()
                 self.reap()
                 self.manage()
-                self.publish_status()
-                self.notify()
+                if time.monotonic() - self.last_tick >= TICK:  # not per heartbeat received
+                    self.last_tick = time.monotonic()
+                    self.publish_status()
+                    self.notify()
         finally:
             self.stop()
         return 0
@@ -211,7 +214,7 @@ class Supervisor:
         fds: tuple[int, ...] = ()
         env = dict(os.environ)
         if slot.role == "ingest":
-            argv.append(str(self.listener.fileno()))
+            argv += [str(self.listener.fileno()), str(slot.spawned)]  # fd, generation
             fds = (self.listener.fileno(),)
         else:
             argv.append(str(slot.index))

@@ -23,7 +23,7 @@ def stream(sio, frames: list[bytes], event: str = "frame") -> list[dict]:
 
 
 def test_frames_flow_through_the_pool(daemons, clients):
-    d = daemons(workers=2)
+    d = daemons("--max-fps", "10000", workers=2)  # as fast as acks come back
     current = clients(d.url, "alice")
     legacy = clients(d.url, None)
     assert legacy.call("authenticate", ("bob", "x", "onAuthentication"), timeout=10) is True
