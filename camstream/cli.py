@@ -3,6 +3,7 @@ Config. Every error here is one clear line and a non-zero exit, before anything 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import fcntl
 import getpass
@@ -404,9 +405,11 @@ def run_serve(args: argparse.Namespace) -> int:
     import setproctitle
     setproctitle.setproctitle("camstream: supervisor")
     setup_logging(config.log_level)
-    if config.display:
-        logging.getLogger("camstream").warning("--display is not available yet; serving "
-                                               "without a display")
+    if config.display and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        logging.getLogger("camstream").warning(
+            "--display: no screen (DISPLAY and WAYLAND_DISPLAY are unset); serving without "
+            "a display (camstream display --snapshot DIR works headless)")
+        config = dataclasses.replace(config, display=False)
     os.umask(0o007)  # endpoints readable by the service's group (a desktop display)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv)).run()

@@ -70,7 +70,7 @@ class Slot:
 
     @property
     def title(self) -> str:
-        return "ingest" if self.role == "ingest" else f"{self.role} {self.index}"
+        return self.role if self.role in ("ingest", "display") else f"{self.role} {self.index}"
 
 
 class Supervisor:
@@ -85,6 +85,8 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.slots: list[Slot] = [Slot("ingest")]
         self.slots += [Slot("worker", i) for i in range(1, config.workers + 1)]
+        if config.display:
+            self.slots.append(Slot("display"))
         self.signals: list[int] = []
         self.stopping = False
         self.ready = False
@@ -209,6 +211,9 @@ class Supervisor:
     # -- the verbs ---------------------------------------------------------------------------
 
     def spawn(self, slot: Slot) -> None:
+        if slot.role == "display":
+            self.spawn_display(slot)
+            return
         module = "camstream.ingest" if slot.role == "ingest" else "workers"
         argv = [sys.executable, "-m", module, str(os.getpid())]
         fds: tuple[int, ...] = ()
@@ -229,6 +234,16 @@ class Supervisor:
         slot.spawned += 1
         log.debug("spawned %s (pid %d)", slot.title, slot.proc.pid)
 
+    def spawn_display(self, slot: Slot) -> None:
+        """``serve -d``: a display attached like any other (``camstream display``), started
+        once; it answers no heartbeat, and when it exits it is not started again."""
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "camstream", "display", "--runtime-dir",
+             self.config.runtime_dir, "--parent-pid", str(os.getpid()),
+             "--log-level", self.config.log_level], stdin=subprocess.DEVNULL)
+        slot.started = time.monotonic()
+        slot.spawned += 1
+
     def reap(self) -> None:
         now = time.monotonic()
         for slot in list(self.slots):
@@ -239,6 +254,12 @@ class Supervisor:
             if slot.retiring:
                 self.slots.remove(slot)
                 log.info("%s (pid %d) retired", slot.title, pid)
+                continue
+            if slot.role == "display":
+                self.slots.remove(slot)
+                log.warning("display (pid %d) %s; serving on without it (attach one with: "
+                            "camstream display --runtime-dir %s)", pid, describe_exit(code),
+                            self.config.runtime_dir)
                 continue
             lived = now - slot.started
             # back off only from a crash loop: a child that dies before it ever answered
@@ -258,7 +279,7 @@ class Supervisor:
     def murder(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            if slot.proc is None:
+            if slot.proc is None or slot.role == "display":
                 continue
             silent = now - (slot.last_beat or slot.started)
             limit = self.config.worker_timeout if slot.last_beat else START_GRACE
@@ -274,7 +295,7 @@ class Supervisor:
         self.notifier.send(STOPPING=1, STATUS="stopping: draining accepted frames")
         self.listener.close()  # new connections are refused from now on
         start = time.monotonic()
-        for role, share in (("ingest", 0.6), ("worker", 1.0)):
+        for role, share in (("display", 0.1), ("ingest", 0.6), ("worker", 1.0)):
             self.signal_role(role, signal.SIGTERM)
             self.wait_role(role, start + share * self.config.stop_timeout)
         for slot in self.slots:

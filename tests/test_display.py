@@ -153,9 +153,9 @@ def test_attach_detach_three_times_costs_ingest_nothing(daemon, clients, streame
             p.send_signal(getattr(signal, how))
         assert p.wait(timeout=10) == code, how
         wait_for(lambda: not screen.windows("cyd"), 10, what=f"the window to go ({how})")
-    time.sleep(1)
+    wait_for(lambda: len(streamer.acks) > 2 * FPS, 10, what="two seconds' worth of frames")
     streamer.stop()
-    assert len(streamer.acks) > 2 * FPS and all(a["accepted"] for a in streamer.acks)
+    assert all(a["accepted"] for a in streamer.acks)
 
     def settled():
         c = daemon.health()["clients"]["cyd"]
@@ -275,3 +275,27 @@ def test_no_daemon_is_one_clear_line(tmp_path):
     assert out.returncode != 0
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "no camstream daemon is running" in out.stderr
+
+
+def test_serve_d_starts_a_display_and_survives_its_death(daemons, screen, clients):  # noqa: F811
+    d = daemons("-d", workers=1, env=screen.env)
+    display = wait_for(lambda: d.child("display"), 15, what="the display child")
+    sio = clients(d.url, "dee")
+    sio.call("frame", ({}, make_jpeg()), timeout=10)
+    wait_for(lambda: screen.windows("dee"), 20, what="the display's window for dee")
+    display.kill()
+    wait_for(lambda: "display (pid %d) was killed by SIGKILL" % display.pid in d.output(), 10,
+             what="the display's death to be logged")
+    time.sleep(1.5)
+    assert d.child("display") is None, "a dead display is not restarted"
+    assert sio.call("frame", ({}, make_jpeg()), timeout=10)["accepted"] is True
+    assert d.health()["workers"]["restarts"] == 0 and d.health()["ingest"]["restarts"] == 0
+
+
+def test_serve_d_without_a_screen_warns_and_serves(daemons, clients):
+    env = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    d = daemons("-d", workers=1, env=env)
+    assert "--display: no screen" in d.output()
+    assert d.child("display") is None
+    sio = clients(d.url, "headless")
+    assert sio.call("frame", ({}, make_jpeg()), timeout=10)["accepted"] is True
