@@ -25,7 +25,8 @@ class Streamer:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _on_disconnect(self, *args) -> None:
-        self.disconnects += 1
+        if not self._stop.is_set():  # not the one stop() asks for
+            self.disconnects += 1
 
     def start(self) -> Streamer:
         self.sio.connect(self.url, transports=["websocket"], wait_timeout=10,
