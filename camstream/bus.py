@@ -10,14 +10,26 @@ Two patterns (names as in the ZeroMQ guide):
   supervisor subscribe with ``bus_sub`` on its XPUB. A slow subscriber loses messages at its own
   high-water mark; a publisher never blocks.
 
-The endpoints are ``ipc://`` files in the runtime directory.
+The endpoints are ``ipc://`` files in the runtime directory. Beyond one machine the same
+sockets also bind (or connect to) ``tcp://`` endpoints, always with CURVE (:mod:`camstream.keys`):
+
+- ``serve --worker-endpoint tcp://H:P``: ingest's ``frames_push`` binds P as well, and the bus
+  binds P+1 (XSUB: remote workers publish there) and P+2 (XPUB), unless ``--bus-endpoint``
+  names another port (then that port and the next). ``camstream worker --connect`` connects.
+- ``pool`` (several ingest nodes, one worker pool): a **streamer** (the guide's name for a
+  PULL->PUSH proxy) binds a PULL on tcp P, which every ingest node's ``frames_push``
+  connects to (PUSH may connect), and a PUSH on the ipc frames endpoint for its local
+  workers; the pool hosts the bus on P+1/P+2 and ingest nodes publish into it.
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+
+from camstream.keys import Curve
 
 FRAMES = "frames"
 BUS_IN = "bus-in"
@@ -31,48 +43,155 @@ def endpoint(runtime_dir: str, name: str) -> str:
     return f"ipc://{Path(runtime_dir) / name}"
 
 
-def frames_push(ctx: zmq.Context, runtime_dir: str, hwm: int) -> zmq.Socket:
-    """Ingest's end of the pipeline: binds; sends only to workers that are connected."""
+def tcp_plus(tcp: str, n: int) -> str:
+    """``tcp://host:port`` with the port moved by ``n``."""
+    host, _, port = tcp.rpartition(":")
+    return f"{host}:{int(port) + n}"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """The tcp side of a process: the endpoints it binds besides its ipc ones (``offered``),
+    or those of another machine it connects to (``reached``), with its CURVE keys."""
+
+    frames: str     # tcp://HOST:PORT of the frame pipeline
+    bus: str        # tcp://HOST:PORT: the bus's XSUB (publishers); PORT+1 is its XPUB
+    curve: Curve
+
+    @property
+    def bus_out(self) -> str:
+        return tcp_plus(self.bus, 1)
+
+
+def offered(config) -> Remote | None:
+    """The tcp endpoints this daemon binds (``serve --worker-endpoint``, ``pool``), if any."""
+    if config.tcp_side != "bind":
+        return None
+    return Remote(config.worker_endpoint, config.bus_endpoint, Curve.server(config.curve_keys))
+
+
+def reached(config) -> Remote | None:
+    """The endpoints of another machine this process connects to (``serve --ingest-only``,
+    ``camstream worker``), if any: it then uses no ipc endpoint at all."""
+    if config.tcp_side != "connect":
+        return None
+    return Remote(config.worker_endpoint, config.bus_endpoint,
+                  Curve.client(config.curve_keys, config.curve_key))
+
+
+def _connect(sock: zmq.Socket, ipc: str, tcp: str, remote: Remote | None) -> None:
+    if remote is None:
+        sock.connect(ipc)
+    else:
+        remote.curve.connect_with(sock)
+        sock.connect(tcp)
+
+
+def frames_push(ctx: zmq.Context, runtime_dir: str, hwm: int, offer: Remote | None = None,
+                to: Remote | None = None) -> zmq.Socket:
+    """Ingest's end of the pipeline: binds (ipc, and tcp with ``offer``), or connects to a
+    pool's streamer (``to``); sends only to peers that are connected."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.LINGER, 0)
+    if to is not None:
+        _connect(sock, "", to.frames, to)
+        return sock
     sock.bind(endpoint(runtime_dir, FRAMES))
+    if offer is not None:
+        offer.curve.serve_on(sock)   # after the ipc bind: ipc keeps the NULL mechanism
+        sock.bind(offer.frames)
     return sock
 
 
-def frames_pull(ctx: zmq.Context, runtime_dir: str, hwm: int) -> zmq.Socket:
-    """A worker's end of the pipeline: connects, and reconnects by itself when ingest restarts."""
+def frames_pull(ctx: zmq.Context, runtime_dir: str, hwm: int,
+                to: Remote | None = None) -> zmq.Socket:
+    """A worker's end of the pipeline: connects (ipc, or tcp with ``to``), and reconnects by
+    itself when ingest restarts."""
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint(runtime_dir, FRAMES))
+    _connect(sock, endpoint(runtime_dir, FRAMES), to.frames if to else "", to)
     return sock
 
 
-def bus_pub(ctx: zmq.Context, runtime_dir: str) -> zmq.Socket:
+def bus_pub(ctx: zmq.Context, runtime_dir: str, to: Remote | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.SNDHWM, BUS_PUB_HWM)
     sock.setsockopt(zmq.LINGER, 200)
-    sock.connect(endpoint(runtime_dir, BUS_IN))
+    _connect(sock, endpoint(runtime_dir, BUS_IN), to.bus if to else "", to)
     return sock
 
 
 def bus_sub(ctx: zmq.Context, runtime_dir: str, *topics: bytes,
-            hwm: int = BUS_SUB_HWM, conflate: bool = False) -> zmq.Socket:
+            hwm: int = BUS_SUB_HWM, conflate: bool = False,
+            to: Remote | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
     for t in topics:
         sock.setsockopt(zmq.SUBSCRIBE, t)
-    sock.connect(endpoint(runtime_dir, BUS_OUT))
+    _connect(sock, endpoint(runtime_dir, BUS_OUT), to.bus_out if to else "", to)
     return sock
+
+
+class Streamer:
+    """The pool's front: the guide's **streamer** (PULL -> PUSH), in a thread. Its PULL binds
+    the tcp frames endpoint that every ingest node's PUSH connects to (fair-queued between
+    them); its PUSH binds the ipc frames endpoint that the pool's workers pull from, so they
+    are the same workers as ``serve`` starts. It takes a frame only when a worker can take it
+    and high-water marks stay tiny, so a full pool makes each ingest drop, never queue.
+
+    A Python loop rather than ``zmq.proxy``: libzmq 4.3.5's proxy gave up with EAGAIN once the
+    workers' queues were full (seen in the pool's first test run)."""
+
+    def __init__(self, ctx: zmq.Context, runtime_dir: str, offer: Remote, hwm: int) -> None:
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, hwm)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        offer.curve.serve_on(self.pull)
+        self.pull.bind(offer.frames)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.SNDHWM, hwm)
+        self.push.setsockopt(zmq.IMMEDIATE, 1)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.bind(endpoint(runtime_dir, FRAMES))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = None
+        try:
+            while not self._stop.is_set():
+                if pending is None:
+                    if not self.pull.poll(100):
+                        continue
+                    pending = self.pull.recv_multipart(copy=False)
+                if self.push.poll(100, zmq.POLLOUT):
+                    try:
+                        self.push.send_multipart(pending, copy=False, flags=zmq.NOBLOCK)
+                        pending = None
+                    except zmq.Again:
+                        pass
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self.pull.close(0)
+            self.push.close(0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
 
 
 class BusProxy:
     """The bus: an XSUB/XPUB proxy run by libzmq in a thread (it holds no GIL while it runs)."""
 
-    def __init__(self, ctx: zmq.Context, runtime_dir: str) -> None:
+    def __init__(self, ctx: zmq.Context, runtime_dir: str, offer: Remote | None = None) -> None:
         self.xsub = ctx.socket(zmq.XSUB)
         self.xsub.setsockopt(zmq.RCVHWM, BUS_PUB_HWM)
         self.xsub.setsockopt(zmq.LINGER, 0)
@@ -84,6 +203,10 @@ class BusProxy:
         self.control.bind(self._control_ep)
         self.xsub.bind(endpoint(runtime_dir, BUS_IN))
         self.xpub.bind(endpoint(runtime_dir, BUS_OUT))
+        if offer is not None:  # remote workers and ingest nodes; CURVE after the ipc binds
+            for sock, tcp in ((self.xsub, offer.bus), (self.xpub, offer.bus_out)):
+                offer.curve.serve_on(sock)
+                sock.bind(tcp)
         self._ctx = ctx
         self._thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
 

@@ -139,6 +139,7 @@ def build_parser() -> Parser:
     serve.add_argument("--emit-results", action="store_true",
                        help="send each processor result back to the client that sent the "
                        "frame, as a 'result' event")
+    add_tcp_arguments(serve, "serve")
     serve.set_defaults(run=run_serve)
 
     demo = verbs.add_parser("demo", help="run the daemon on 127.0.0.1 with a demo client",
@@ -230,7 +231,135 @@ def build_parser() -> Parser:
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
     units.set_defaults(run=run_systemd)
+
+    pool = verbs.add_parser("pool", help="run a worker pool that several ingest nodes feed",
+                            description="Run workers and the bus for 'serve --ingest-only' "
+                            "nodes on this or other machines: they connect to "
+                            "--worker-endpoint (CURVE tcp). See README 'Scaling out'.")
+    add_tcp_arguments(pool, "pool")
+    pool.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
+                      help="worker processes (default: the CPU count, %(default)s)")
+    add_processor_arguments(pool)
+    add_runtime_dir(pool)
+    pool.add_argument("--log-level", default="info",
+                      choices=["debug", "info", "warning", "error"])
+    pool.add_argument("--worker-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                      help="a worker silent this long is replaced (default: %(default)s)")
+    pool.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                      help="bound on a graceful stop (default: %(default)s)")
+    pool.set_defaults(run=run_pool)
+
+    worker = verbs.add_parser("worker", help="run a worker on another machine",
+                              description="Pull frames from 'camstream serve --worker-endpoint' "
+                              "on another machine (CURVE tcp) and publish results and stats "
+                              "on its bus, as its local workers do. Ctrl-C drains and stops.")
+    add_tcp_arguments(worker, "worker")
+    add_processor_arguments(worker)
+    worker.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(run=run_worker)
+
+    keys = verbs.add_parser("keys", help="make CURVE keys for tcp endpoints",
+                            description="Make the CURVE key pairs that tcp endpoints require "
+                            "(layout: see README 'Scaling out').")
+    keys_verbs = keys.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser,
+                                     required=True)
+    gen = keys_verbs.add_parser("generate", help="make a server pair (once) and a client "
+                                "pair, and admit the client's public key",
+                                description="Make DIR/server.key{,_secret} (unless there) and "
+                                "DIR/NAME.key{,_secret}, and copy NAME.key to DIR/authorized/.")
+    gen.add_argument("dir", metavar="DIR")
+    gen.add_argument("--name", default="worker", help="client key pair name (default: "
+                     "%(default)s); one per machine lets you revoke one machine")
+    keys.set_defaults(run=run_keys)
     return parser
+
+
+def endpoint_arg(text: str) -> str:
+    m = re.fullmatch(r"tcp://([^:/]+|\[[0-9a-fA-F:]+\]):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(2)) < 65535:
+        raise argparse.ArgumentTypeError(f"expected tcp://HOST:PORT, got {text!r}")
+    return text
+
+
+def add_tcp_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The scaling-out options: tcp endpoints (see camstream.bus) and their CURVE keys."""
+    if verb == "worker":
+        parser.add_argument("--connect", dest="worker_endpoint", type=endpoint_arg,
+                            required=True, metavar="tcp://HOST:PORT",
+                            help="the serving machine's --worker-endpoint")
+        parser.add_argument("--bus", dest="bus_endpoint", type=endpoint_arg, default=None,
+                            metavar="tcp://HOST:PORT",
+                            help="its bus (default: the same host, PORT+1)")
+        parser.add_argument("--key", default="worker", metavar="NAME",
+                            help="use DIR/NAME.key_secret (default: %(default)s)")
+    else:
+        parser.add_argument("--worker-endpoint", type=endpoint_arg, default=None,
+                            required=verb == "pool", metavar="tcp://HOST:PORT",
+                            help="serve: also offer frames to remote workers here (e.g. "
+                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint; "
+                            "pool: where ingest nodes connect")
+        parser.add_argument("--bus-endpoint", type=endpoint_arg, default=None,
+                            metavar="tcp://HOST:PORT", help="the bus over tcp: PORT (publish) "
+                            "and PORT+1 (subscribe) (default: --worker-endpoint's PORT+1)")
+    parser.add_argument("--curve-keys", metavar="DIR", default="",
+                        help="CURVE keys, required by tcp endpoints (make them with "
+                        "'camstream keys generate DIR')")
+    if verb == "serve":
+        parser.add_argument("--ingest-only", action="store_true",
+                            help="no workers here: send frames to a 'camstream pool' at "
+                            "--worker-endpoint and use its bus (several ingest nodes "
+                            "behind nginx)")
+
+
+def tcp_settings(args: argparse.Namespace, side: str) -> dict:
+    """Config fields of the tcp options, checked: no tcp without CURVE keys, one line each."""
+    from camstream.bus import tcp_plus
+    from camstream.keys import Curve, KeysError, require_tcp_keys
+
+    frames, bus_ep = args.worker_endpoint or "", args.bus_endpoint or ""
+    ingest_only = getattr(args, "ingest_only", False)
+    if not frames:
+        if ingest_only:
+            raise CliError("--ingest-only needs --worker-endpoint tcp://POOL:PORT")
+        if bus_ep:
+            raise CliError("--bus-endpoint needs --worker-endpoint")
+        return {}
+    bus_ep = bus_ep or tcp_plus(frames, 1)
+    if side == "connect" and any(f"//{h}:" in e for e in (frames, bus_ep)
+                                 for h in ("0.0.0.0", "*", "[::]")):
+        raise CliError(f"{frames}: connect to the serving machine's address, not a wildcard")
+    key = getattr(args, "key", "worker")
+    try:
+        require_tcp_keys([frames, bus_ep], args.curve_keys)
+        if side == "bind":
+            Curve.server(args.curve_keys)
+        else:
+            Curve.client(args.curve_keys, key)
+    except KeysError as e:
+        raise CliError(f"--curve-keys: {e}") from None
+    return {"worker_endpoint": frames, "bus_endpoint": bus_ep, "tcp_side": side,
+            "curve_keys": str(Path(args.curve_keys).absolute()), "curve_key": key,
+            "ingest_only": ingest_only}
+
+
+def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processor", default="stats", metavar="NAME",
+                        help="what workers do with each frame (as serve's; default: "
+                        "%(default)s)")
+    parser.add_argument("--processor-opt", dest="processor_options", action="append",
+                        type=processor_opt, default=[], metavar="KEY=VALUE",
+                        help="an option for the processor; repeat for more")
+
+
+def checked_processor(args: argparse.Namespace) -> tuple:
+    from workers.processors import load
+    options = tuple(tuple(pair) for pair in args.processor_options)
+    try:
+        load(args.processor, options)
+    except Exception as e:
+        raise CliError(f"--processor {args.processor}: {e}") from None
+    return options
 
 
 def processor_opt(text: str) -> tuple[str, str]:
@@ -284,8 +413,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 args.certfile, args.keyfile)
         except (OSError, ssl.SSLError) as e:
             raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
-    return Config(ip=args.ip, port=args.port, auth=args.auth, display=args.display,
-                  workers=args.workers, users_file=str(Path(args.users).absolute()),
+    tcp = tcp_settings(args, "connect" if args.ingest_only else "bind")
+    return Config(**tcp, ip=args.ip, port=args.port, auth=args.auth, display=args.display,
+                  workers=0 if args.ingest_only else args.workers, users_file=str(Path(args.users).absolute()),
                   runtime_dir=str(Path(args.runtime_dir).absolute()),
                   log_level=args.log_level, max_frame_bytes=args.max_frame_size,
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
@@ -412,7 +542,53 @@ def run_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, display=False)
     os.umask(0o007)  # endpoints readable by the service's group (a desktop display)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    if config.ingest_only:  # no workers here: they are a pool's
+        from camstream.pool import IngestNode
+        return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
     return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    from camstream.notify import Notifier
+    from camstream.pool import Pool
+    from camstream.proc import setup_logging
+
+    config = Config(workers=args.workers, runtime_dir=str(Path(args.runtime_dir).absolute()),
+                    log_level=args.log_level, processor=args.processor,
+                    processor_options=checked_processor(args),
+                    worker_timeout=args.worker_timeout, stop_timeout=args.stop_timeout,
+                    **tcp_settings(args, "bind"))
+    claim_runtime_dir(config.runtime_dir)
+    import setproctitle
+    setproctitle.setproctitle("camstream: pool")
+    setup_logging(config.log_level)
+    os.umask(0o007)
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    return Pool(config, notifier).run()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from camstream.supervisor import WORKER_ENV
+    from workers.worker import run_standalone
+
+    os.environ.update(WORKER_ENV)  # OpenCV's pixel limit is read at the first decode
+    config = Config(workers=1, log_level=args.log_level, processor=args.processor,
+                    processor_options=checked_processor(args), **tcp_settings(args, "connect"))
+    return run_standalone(config)
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from camstream.keys import generate
+    try:
+        made = generate(args.dir, args.name)
+    except OSError as e:
+        raise CliError(f"{args.dir}: {e.strerror}") from None
+    for path in made:
+        print(f"made {path}")
+    print(f"{args.dir}/authorized/ admits {args.name}.key. The serving machine (serve "
+          f"--worker-endpoint, pool) needs server.key_secret and authorized/; each connecting "
+          f"machine (worker, serve --ingest-only) needs server.key and {args.name}.key_secret.")
+    return 0
 
 
 # -- the other verbs ----------------------------------------------------------------------------

@@ -43,6 +43,13 @@ class Config:
     record_dir: str = ""            # --record DIR: recordings (written by the workers)
     record_max_gb: float = 0.0      # --record-max-gb: prune the oldest days beyond this; 0: never
     emit_results: bool = False      # --emit-results: send each result to its client
+    # Scaling out (camstream.bus, camstream.keys): tcp endpoints, always with CURVE keys
+    worker_endpoint: str = ""       # tcp://HOST:PORT of the frame pipeline
+    bus_endpoint: str = ""          # tcp://HOST:PORT of the bus (XSUB; PORT+1 is its XPUB)
+    curve_keys: str = ""            # --curve-keys DIR (layout in camstream.keys)
+    curve_key: str = "worker"       # the client key pair's name in it, on the connecting side
+    tcp_side: str = ""              # "bind" (serve, pool), "connect" (--ingest-only, worker)
+    ingest_only: bool = False       # --ingest-only: no workers here; they are a pool's
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

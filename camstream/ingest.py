@@ -66,17 +66,23 @@ class Ingest:
         self.config = config
         self.users = users
         self.ledger = Ledger(restarted)
+        self.ledger.own_clients_only = config.ingest_only
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
         self.connections = ConnectionCount(config.max_connections_per_ip)
         self.throttle = LoginThrottle()
         self.serving = False
         self.draining = False
-        self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm)
+        # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
+        offer, self.to = bus.offered(config), bus.reached(config)
+        self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
+        self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
+                                           offer=offer, to=self.to)
         # PUB never blocks and stats are polled: plain sockets, without gevent's wake-ups
         plain = zmq_plain.Context.shadow(ctx.underlying)
-        self.bus_pub = bus.bus_pub(plain, config.runtime_dir)
-        self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000)
+        self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to)
+        self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000,
+                                     to=self.to)
         self.dispatcher = Dispatcher(self.frames_push, self.bus_pub, config.queue_depth)
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
@@ -238,8 +244,11 @@ class Ingest:
                 _, report = wire.unpack_json(parts)
                 if report.get("role") == "worker":
                     self.ledger.worker_report(report)
-                elif report.get("role") == "supervisor":
+                elif report.get("role") == "supervisor" and report.get("pid") == os.getppid() \
+                        and report.get("host", proc.HOST) == proc.HOST:  # a shared bus
                     self.ledger.supervisor = report
+                elif report.get("role") == "pool":
+                    self.ledger.pool = report
             except (ValueError, KeyError, IndexError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
@@ -247,7 +256,7 @@ class Ingest:
         """--emit-results: each worker result goes back, as a ``result`` event, to the
         connection that sent the frame (header.session). A greenlet of its own on the bus,
         off the frame path; a result whose connection has gone is skipped."""
-        sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.PROCESSED, hwm=1000)
+        sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.PROCESSED, hwm=1000, to=self.to)
         handled = 0
         while True:
             parts = sub.recv_multipart(copy=False)
@@ -272,7 +281,8 @@ class Ingest:
             self.ledger.checkpoint()
             health = self.ledger.health()
             self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
-                "role": "ingest", "pid": os.getpid(), "totals": health["totals"],
+                "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
+                "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
                 "serving": self.serving, "draining": self.draining}))
             gevent.sleep(HEARTBEAT_INTERVAL)
@@ -453,6 +463,8 @@ def main() -> int:
     gevent.killall(tasks)
     ingest.stats_sub.close(linger=0)
     ingest.bus_pub.close(linger=200)
+    if ingest.zap is not None:
+        ingest.zap.stop()
     ctx.destroy(linger=int(config.stop_timeout / 2 * 1000))  # what is in flight still leaves
     log.info("stopped")
     return 0

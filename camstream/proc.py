@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 
 import setproctitle
@@ -13,6 +14,7 @@ import setproctitle
 from camstream.config import Config
 
 _PR_SET_PDEATHSIG = 1
+HOST = socket.gethostname()  # in reports on a bus that other machines may share
 
 
 def setup_logging(level: str) -> None:

@@ -52,10 +52,14 @@ class Ledger:
         self.restarted = restarted  # an ingest replacing one that died: workers predate it
         self.clients: dict[str, ClientCounts] = {}
         self.connected: dict[str, int] = {}          # client name -> open connections
-        self._workers: dict[int, dict] = {}          # pid -> last stats of that worker process
-        self._baseline: dict[int, dict] = {}         # pid -> its counts before this ingest began
-        self._worker_seen: dict[int, float] = {}     # pid -> monotonic time of its last stats
+        # workers are keyed by (host, pid): remote workers' pids may repeat local ones
+        self._workers: dict[tuple, dict] = {}        # -> last stats of that worker process
+        self._baseline: dict[tuple, dict] = {}       # -> its counts before this ingest began
+        self._worker_seen: dict[tuple, float] = {}   # -> monotonic time of its last stats
         self.supervisor: dict = {}
+        self.pool: dict = {}                         # --ingest-only: the worker pool's report
+        # --ingest-only: the pool's workers report every node's clients; show only ours
+        self.own_clients_only = False
         self.started = time.time()
 
     def client(self, name: str) -> ClientCounts:
@@ -68,7 +72,7 @@ class Ledger:
         """Keep each worker process's cumulative counters, the dead ones' too (their frames
         were processed all the same). A worker older than this ingest (ingest was restarted)
         counts only what it did since."""
-        pid = report["pid"]
+        pid = (report.get("host", ""), report["pid"])
         if self.restarted and pid not in self._workers and \
                 report.get("started", 0) < self.started:
             self._baseline[pid] = report["clients"]
@@ -100,13 +104,22 @@ class Ledger:
         now = time.monotonic()
         return sum(1 for t in self._worker_seen.values() if now - t < WORKER_STALE_S)
 
+    def remote_workers(self) -> list[dict]:
+        """Workers started with ``camstream worker`` on other machines (alive or gone)."""
+        now = time.monotonic()
+        return [{"host": host, "pid": pid, "alive": now - self._worker_seen[(host, pid)]
+                 < WORKER_STALE_S,
+                 "processed": sum(c["processed"] for c in r["clients"].values())}
+                for (host, pid), r in sorted(self._workers.items()) if r.get("remote")]
+
     def health(self) -> dict:
         done = self.processed()
         clients = {}
         totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
                                 "refused", "in_flight", "lost"), 0)
         settled = time.monotonic() - LOST_AFTER
-        for name in sorted(set(self.clients) | set(done)):
+        names = set(self.clients) if self.own_clients_only else set(self.clients) | set(done)
+        for name in sorted(names):
             c = self.clients.get(name) or ClientCounts()
             if name == UNAUTHENTICATED and not c.received:
                 continue
@@ -121,12 +134,16 @@ class Ledger:
             for k in totals:
                 totals[k] += row[k]
         sup = self.supervisor
+        pool = self.pool or sup  # an ingest node's workers are the pool's
+        remote = self.remote_workers()
         return {
             "status": "ok",
             "uptime_s": round(time.time() - self.started, 1),
-            "workers": {"alive": sup.get("workers_alive", self.workers_alive()),
-                        "expected": sup.get("workers_expected"),
-                        "restarts": sup.get("worker_restarts", 0)},
+            "workers": {"alive": pool["workers_alive"] + sum(1 for r in remote if r["alive"])
+                        if "workers_alive" in pool else self.workers_alive(),
+                        "expected": pool.get("workers_expected"),
+                        "restarts": pool.get("worker_restarts", 0),
+                        **({"remote": remote} if remote else {})},  # camstream worker
             "ingest": {"restarts": sup.get("ingest_restarts", 0)},
             "clients": clients,
             "totals": totals,

@@ -30,7 +30,7 @@ from typing import Callable
 
 import zmq
 
-from camstream import bus, wire
+from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
 
@@ -125,16 +125,25 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for name in self.SIGNALS:
             signal.signal(getattr(signal, name), lambda sig, frame: self.signals.append(sig))
-        self.proxy = bus.BusProxy(self.ctx, self.config.runtime_dir)
-        self.proxy.start()
-        self.bus_pub = bus.bus_pub(self.ctx, self.config.runtime_dir)
-        self.beats = bus.bus_sub(self.ctx, self.config.runtime_dir, wire.STATS, hwm=10000)
+        self.open_bus()
         self.poller = zmq.Poller()
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.poller.register(self.beats, zmq.POLLIN)
         log.info("starting ingest on %s:%d and %d workers (runtime dir %s)", self.config.ip,
                  self.config.port, self.config.workers, self.config.runtime_dir)
         self.manage()
+
+    def open_bus(self) -> None:
+        """Host the bus (on tcp too with --worker-endpoint, CURVE-checked by a ZAP thread), or
+        with --ingest-only join the pool's over tcp; then publish and listen on it."""
+        offer, to = bus.offered(self.config), bus.reached(self.config)
+        self.zap = offer.curve.authenticator(self.ctx) if offer else None
+        self.proxy = None if to else bus.BusProxy(self.ctx, self.config.runtime_dir, offer)
+        if self.proxy is not None:
+            self.proxy.start()
+        self.bus_pub = bus.bus_pub(self.ctx, self.config.runtime_dir, to=to)
+        self.beats = bus.bus_sub(self.ctx, self.config.runtime_dir, wire.STATS, hwm=10000,
+                                 to=to)
 
     def sleep(self) -> None:
         """Wait for a signal, a heartbeat, or the next tick."""
@@ -293,7 +302,8 @@ class Supervisor:
         """Ingest first (it drains its accepted frames into the workers), then the workers."""
         self.stopping = True
         self.notifier.send(STOPPING=1, STATUS="stopping: draining accepted frames")
-        self.listener.close()  # new connections are refused from now on
+        if self.listener is not None:  # a pool has none
+            self.listener.close()  # new connections are refused from now on
         start = time.monotonic()
         for role, share in (("display", 0.1), ("ingest", 0.6), ("worker", 1.0)):
             self.signal_role(role, signal.SIGTERM)
@@ -304,7 +314,10 @@ class Supervisor:
                           slot.proc.pid)
                 slot.proc.kill()
                 slot.proc.wait()
-        self.proxy.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.zap is not None:
+            self.zap.stop()
         self.ctx.destroy(linger=0)
         log.info("stopped")
 
@@ -338,7 +351,7 @@ class Supervisor:
             except (ValueError, IndexError):
                 continue
             slot = by_pid.get(report.get("pid"))
-            if slot is not None:
+            if slot is not None and report.get("host", proc.HOST) == proc.HOST:
                 slot.last_beat = time.monotonic()
                 slot.extra = report
 
@@ -387,7 +400,7 @@ class Supervisor:
         workers = [s for s in self.slots if s.role == "worker"]
         now = time.monotonic()
         self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "supervisor", {
-            "role": "supervisor", "pid": os.getpid(),
+            "role": "supervisor", "pid": os.getpid(), "host": proc.HOST,
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
                                  and now - s.last_beat < self.config.worker_timeout),

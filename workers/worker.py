@@ -6,6 +6,10 @@ processor made one) on the bus, and hand the frame to the recorder with ``--reco
 quarter second publish cumulative per-client counters (they double as the worker's
 heartbeat). A frame that does not decode is counted as an error, never a crash. On SIGTERM the
 worker drains what is already queued to it, then exits.
+
+The same loop runs in two ways: as a child of the supervisor (``main``: config on stdin, ipc
+endpoints) and standalone on another machine (``run_standalone``, from ``camstream worker
+--connect tcp://...``: CURVE-authenticated tcp, stats tagged ``remote`` with its host name).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -26,6 +31,7 @@ from workers import processors
 from workers.recorder import Recorder
 
 log = logging.getLogger("camstream.worker")
+HOST = socket.gethostname()
 
 STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not yet reported
 DRAIN_IDLE_MS = 200
@@ -62,14 +68,16 @@ class Counts:
 class Worker:
     def __init__(self, config, index: int, ctx: zmq.Context) -> None:
         self.index = index
+        self.remote = config.tcp_side == "connect"  # standalone, over tcp
         self.process = processors.load(config.processor, config.processor_options)
         self.recorder: Recorder | None = None
         if config.record_dir:
             self.recorder = Recorder(config.record_dir, int(config.record_max_gb * 1e9), index,
                                      self.log_once)
             self.recorder.start()
-        self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm)
-        self.bus_pub = bus.bus_pub(ctx, config.runtime_dir)
+        to = bus.reached(config)
+        self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to)
+        self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
         self.stopping = False
         self.started = time.time()
@@ -140,7 +148,7 @@ class Worker:
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
-             "clients": clients}))
+             "host": HOST, "remote": self.remote, "clients": clients}))
 
     def log_once(self, kind: str, msg: str, *args) -> None:
         """Log the first error of each kind; the counters carry the rest."""
@@ -152,14 +160,31 @@ class Worker:
 def main() -> int:
     index = int(sys.argv[2])
     config = proc.child_start(f"worker {index}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
+    return serve(config, index, bus.endpoint(config.runtime_dir, bus.FRAMES))
+
+
+def run_standalone(config) -> int:
+    """``camstream worker``: one worker on another machine, pulling over CURVE tcp. SIGTERM
+    or Ctrl-C drains what it holds, then it exits; nothing restarts it but its own service
+    manager (the pool of the serving machine goes on without it)."""
+    import setproctitle
+    setproctitle.setproctitle(f"camstream: remote worker ({config.worker_endpoint})")
+    proc.setup_logging(config.log_level)
+    return serve(config, 0, config.worker_endpoint)
+
+
+def serve(config, index: int, source: str) -> int:
+    """Run one worker until SIGTERM (or SIGINT, standalone), then drain and stop."""
     ctx = zmq.Context()
     worker = Worker(config, index, ctx)
 
     def stop(signum, frame):
         worker.stopping = True
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
-    log.info("pulling frames from %s", bus.endpoint(config.runtime_dir, bus.FRAMES))
+    if config.tcp_side == "connect":
+        signal.signal(signal.SIGINT, stop)
+    log.info("pulling frames from %s", source)
     worker.run()
     if worker.recorder:
         worker.recorder.close(timeout=min(5.0, config.stop_timeout / 3))

@@ -1,0 +1,85 @@
+"""Several ingest nodes, one worker pool: the two supervisors of that shape.
+
+``camstream pool`` (:class:`Pool`) runs the workers and hosts what the ingest nodes share:
+the bus (XSUB/XPUB, ipc and CURVE tcp) and a **streamer** (``zmq.proxy`` PULL -> PUSH, see
+:class:`camstream.bus.Streamer`) whose PULL binds the tcp frames endpoint. Every ingest node
+(``camstream serve --ingest-only``, :class:`IngestNode`) connects its PUSH to that endpoint
+and its bus sockets to the pool's bus, so the pool binds and the nodes connect: nodes come and
+go without the pool noticing, as workers do on one machine. nginx spreads clients over the
+nodes (systemd/nginx-camstream.conf).
+
+Both are the gunicorn-style :class:`camstream.supervisor.Supervisor` with one role fewer:
+the pool has no ingest (and no listening socket), an ingest node has no workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from camstream import bus, proc, wire
+from camstream.config import Config
+from camstream.notify import Notifier
+from camstream.supervisor import FRESH, Supervisor
+
+log = logging.getLogger("camstream.pool")
+
+
+class Pool(Supervisor):
+    """Workers, the shared bus and the streamer; no ingest."""
+
+    def __init__(self, config: Config, notifier: Notifier, reload=None) -> None:
+        super().__init__(config, None, notifier, reload)
+        self.slots = [s for s in self.slots if s.role == "worker"]
+
+    def open_bus(self) -> None:
+        super().open_bus()
+        self.streamer = bus.Streamer(self.ctx, self.config.runtime_dir, bus.offered(self.config),
+                                     self.config.worker_hwm)
+        self.streamer.start()
+        log.info("pool: frames from ingest nodes on %s, bus on %s and %s",
+                 self.config.worker_endpoint, self.config.bus_endpoint,
+                 bus.tcp_plus(self.config.bus_endpoint, 1))
+
+    def stop(self) -> None:
+        self.streamer.stop()  # first: no new frames for workers that are draining
+        super().stop()
+
+    def notify(self) -> None:
+        now = time.monotonic()
+        if not self.ready:
+            if all(s.last_beat for s in self.slots):
+                self.ready = True
+                log.info("ready: %d workers", self.worker_count())
+                self.notifier.send(READY=1, STATUS=self.status_line())
+            return
+        interval = self.notifier.watchdog_interval
+        if interval and now - self.last_watchdog >= interval / 2 and self.healthy(now):
+            self.notifier.send(WATCHDOG=1)
+            self.last_watchdog = now
+
+    def healthy(self, now: float) -> bool:
+        return any(s.last_beat and now - s.last_beat < FRESH for s in self.slots)
+
+    def status_line(self) -> str:
+        now = time.monotonic()
+        alive = sum(1 for s in self.slots if s.last_beat and now - s.last_beat < FRESH)
+        return f"pool: workers {alive}/{self.worker_count()}"
+
+    def publish_status(self) -> None:
+        """What every ingest node shows as its workers in /healthz."""
+        now = time.monotonic()
+        self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "pool", {
+            "role": "pool", "pid": os.getpid(), "host": proc.HOST,
+            "workers_expected": self.worker_count(),
+            "workers_alive": sum(1 for s in self.slots if s.proc is not None and s.last_beat
+                                 and now - s.last_beat < self.config.worker_timeout),
+            "worker_restarts": sum(s.restarts for s in self.slots)}))
+
+
+class IngestNode(Supervisor):
+    """``serve --ingest-only``: an ingest and no workers; the pool's bus is its bus."""
+
+    def healthy(self, now: float) -> bool:
+        ingest = self.slots[0]
+        return bool(ingest.last_beat and now - ingest.last_beat < FRESH)
