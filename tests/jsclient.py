@@ -16,7 +16,7 @@ CLIENT_JS = JS_DIR / "client.js"
 
 def js_client(url: str, client: str = "2", user: str = "alice", password: str = "",
               frames: Path | None = None, count: int = 0, fps: float = 10, mode: str = "default",
-              hold: float = 0, timeout: float = 30) -> subprocess.Popen:
+              hold: float = 0, timeout: float = 30, real_ip: str = "") -> subprocess.Popen:
     """Start client.js (``client`` "2" or "4"); ``mode``: default, websocket, polling, b64."""
     if not (JS_DIR / "node_modules").is_dir():
         raise AssertionError("the JS clients are not installed: run tests/setup.sh")
@@ -25,6 +25,8 @@ def js_client(url: str, client: str = "2", user: str = "alice", password: str = 
             "--hold", str(hold), "--timeout", str(timeout)]
     if frames is not None:
         argv += ["--frames", str(frames)]
+    if real_ip:  # behind nginx with realip: the address ip_hash sees
+        argv += ["--real-ip", real_ip]
     if mode == "websocket":
         argv.append("--websocket")
     elif mode == "polling":

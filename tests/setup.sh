@@ -22,3 +22,14 @@ if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
              "(as root: apt-get install -y xvfb xdotool x11-utils imagemagick); skipping them" >&2
     fi
 fi
+
+# The scaling-out test (tests/test_scaleout.py) puts nginx from Debian's packages in front of
+# two ingest nodes; it starts its own nginx on loopback (never the system's service).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nginx
+    else
+        echo "tests/setup.sh: the nginx test needs nginx (as root: apt-get install -y nginx);" \
+             "skipping it" >&2
+    fi
+fi
