@@ -552,6 +552,12 @@ def bench_profile(run: Run) -> dict:
     return out
 
 
+def bench_scaleout(run: Run) -> dict:
+    """benchmarks/scaleout.py (imported when run: it builds on this module's helpers)."""
+    from benchmarks.scaleout import bench_scaleout as bench
+    return bench(run)
+
+
 BENCHMARKS = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -559,4 +565,5 @@ BENCHMARKS = {
     "latency": bench_latency,
     "isolation": bench_isolation,
     "profile": bench_profile,
+    "scaleout": bench_scaleout,
 }
