@@ -129,8 +129,9 @@ class Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.poller.register(self.beats, zmq.POLLIN)
-        log.info("starting ingest on %s:%d and %d workers (runtime dir %s)", self.config.ip,
-                 self.config.port, self.config.workers, self.config.runtime_dir)
+        roles = sorted({s.title.split()[0] for s in self.slots})
+        log.info("starting %s (%d workers; runtime dir %s)", ", ".join(roles),
+                 self.worker_count(), self.config.runtime_dir)
         self.manage()
 
     def open_bus(self) -> None:
