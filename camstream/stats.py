@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 UNAUTHENTICATED = "(unauthenticated)"
 WORKER_STALE_S = 3.0  # a worker silent this long is not counted as alive
 LOST_AFTER = 5.0      # seconds after dispatch by which a frame is processed, or lost
+# what workers count per client (processor_errors is part of errors; record_* with --record)
+WORKER_KEYS = ("processed", "errors", "processor_errors", "recorded", "record_errors",
+               "record_dropped")
 
 
 class ClientCounts:
@@ -80,14 +83,15 @@ class Ledger:
         self._worker_seen[pid] = time.monotonic()
 
     def processed(self) -> dict[str, dict[str, int]]:
+        """Per client, the sum over worker processes of what they report (WORKER_KEYS)."""
         out: dict[str, dict[str, int]] = {}
         for pid, report in self._workers.items():
             base = self._baseline.get(pid, {})
             for name, c in report["clients"].items():
-                b = base.get(name, {"processed": 0, "errors": 0})
-                o = out.setdefault(name, {"processed": 0, "errors": 0})
-                o["processed"] += c["processed"] - b["processed"]
-                o["errors"] += c["errors"] - b["errors"]
+                b = base.get(name, {})
+                o = out.setdefault(name, dict.fromkeys(WORKER_KEYS, 0))
+                for key in WORKER_KEYS:
+                    o[key] += c.get(key, 0) - b.get(key, 0)
         return out
 
     def checkpoint(self) -> None:
@@ -123,13 +127,14 @@ class Ledger:
             c = self.clients.get(name) or ClientCounts()
             if name == UNAUTHENTICATED and not c.received:
                 continue
-            d = done.get(name, {"processed": 0, "errors": 0})
+            d = done.get(name) or dict.fromkeys(WORKER_KEYS, 0)
             done_n = d["processed"] + d["errors"]
             lost = max(0, c.dispatched_before(settled) - done_n)
             row = {"received": c.received, "dispatched": c.dispatched, "dropped": c.dropped,
                    "processed": d["processed"], "errors": d["errors"], "refused": c.refused,
                    "in_flight": max(0, c.dispatched - done_n - lost), "lost": lost,
                    "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
+            row.update((k, d[k]) for k in WORKER_KEYS[2:] if d[k])  # only when there are any
             clients[name] = row
             for k in totals:
                 totals[k] += row[k]
