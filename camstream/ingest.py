@@ -20,10 +20,6 @@ import time
 
 import gevent
 import gevent.event
-import engineio
-import engineio.exceptions
-import engineio.packet
-import engineio.socket
 import gevent.socket
 import prometheus_client
 import socketio
@@ -32,7 +28,7 @@ import zmq.green as zmq
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, legacy, proc, wire, wsfast
+from camstream import bus, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
@@ -313,41 +309,13 @@ class Ingest:
         return [body]
 
 
-class BoundedPacket(socketio.packet.Packet):
-    """A Socket.IO packet that announces more binary attachments than any event of ours
-    carries is a protocol error (it would otherwise make the server wait for, and hold, an
-    unbounded number of them)."""
-
-    MAX_ATTACHMENTS = 4
-
-    def decode(self, encoded_packet):
-        try:
-            count = super().decode(encoded_packet)
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001 (bytes for text, RecursionError on deep nesting)
-            raise ValueError(f"bad socket.io packet: {type(e).__name__}") from None
-        if count > self.MAX_ATTACHMENTS:
-            raise ValueError(f"{count} binary attachments announced (at most "
-                             f"{self.MAX_ATTACHMENTS})")
-        if self.packet_type in (socketio.packet.EVENT, socketio.packet.BINARY_EVENT) and not (
-                isinstance(self.data, list) and self.data and isinstance(self.data[0], str)):
-            raise ValueError("an event without a name")  # python-socketio would index it
-        return count
-
-    def add_attachment(self, attachment):
-        try:
-            return super().add_attachment(attachment)
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001 (a placeholder pointing nowhere, a bad "num")
-            raise ValueError(f"bad binary placeholder: {type(e).__name__}") from None
-
-
-def limit_websockets(app, limit: int):
+def limit_websockets(app, limit: int, ledger: Ledger | None = None):
     """Open websockets per address, capped before socket.io sees them: a refused socket.io
-    connect alone would leave the transport open."""
+    connect alone would leave the transport open. Refusals are logged once per address and
+    counted in ``ledger`` (/healthz refused_connections)."""
     count = ConnectionCount(limit)
+    if ledger is not None:
+        ledger.connection_limits.append(count)
 
     def middleware(environ, start_response):
         ws = environ.get("wsgi.websocket")
@@ -364,96 +332,15 @@ def limit_websockets(app, limit: int):
     return middleware
 
 
-class EngineIOSocket(engineio.socket.Socket):
-    """python-engineio's session, with an Engine.IO packet it cannot decode (empty, an unknown
-    type, bad base64) made a protocol error of its own connection. python-engineio lets that
-    ValueError escape: a traceback, a 200 for the POST, a websocket left to the ping timeout."""
-
-    def handle_post_request(self, environ):
-        try:
-            super().handle_post_request(environ)
-        except (ValueError, engineio.exceptions.EngineIOError) as e:
-            log.warning("protocol error from %s: %s; closing it", self.sid,
-                        str(e) or type(e).__name__)
-            # closed here without waiting: python-engineio's disconnect() would hold this POST
-            # until a poll that may never come had taken the close packet
-            self.close(wait=False)
-            raise engineio.exceptions.EngineIOError(str(e)) from None  # a 400
-
-    def _websocket_handler(self, ws):
-        wait = ws.wait
-
-        def checked_wait():  # an error here ends python-engineio's read loop, and the session
-            message = wait()
-            if isinstance(message, str):
-                try:
-                    engineio.packet.Packet(encoded_packet=message)
-                except ValueError as e:
-                    log.warning("protocol error from %s: %s; closing it", self.sid, e)
-                    raise
-            return message
-        ws.wait = checked_wait
-        return super()._websocket_handler(ws)
-
-
-class EngineIOSessions(dict):
-    """python-engineio's session table (``Server.sockets``): each new session is made an
-    EngineIOSocket (python-engineio has no hook for its session class)."""
-
-    def __setitem__(self, sid, session):
-        if type(session) is engineio.socket.Socket:
-            session.__class__ = EngineIOSocket
-        super().__setitem__(sid, session)
-
-
-class EngineIOServer(engineio.Server):
-    """python-engineio's server, with its sessions made EngineIOSockets, and a request for a
-    session that has just closed answered 400 (python-engineio lets a KeyError escape: a 500
-    and a traceback)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sockets = EngineIOSessions()
-
-    def handle_request(self, environ, start_response):
-        try:
-            return super().handle_request(environ, start_response)
-        except KeyError as e:  # _get_socket: "Session is disconnected"
-            body = str(e).strip("'").encode()
-            start_response("400 BAD REQUEST", [("Content-Type", "text/plain"),
-                                               ("Content-Length", str(len(body)))])
-            return [body]
-
-
-class Server(socketio.Server):
-    """python-socketio's server, with a malformed packet made a protocol error of its own
-    connection: one log line and a disconnect, instead of a traceback per packet."""
-
-    def _engineio_server_class(self):
-        return EngineIOServer
-
-    def _handle_eio_message(self, eio_sid, data):
-        try:
-            if not isinstance(data, (str, bytes, bytearray)) or (  # "4null"; b"" unasked
-                    not data and eio_sid not in self._binary_packet):
-                raise ValueError(f"an empty socket.io packet or one that is not text "
-                                 f"({type(data).__name__})")
-            super()._handle_eio_message(eio_sid, data)
-        except ValueError as e:
-            log.warning("protocol error from %s: %s; closing it", eio_sid, e)
-            self._binary_packet.pop(eio_sid, None)
-            self.eio.disconnect(eio_sid)
-
-
 def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     """The current protocol (Engine.IO 4 / Socket.IO 5), served by python-socketio."""
-    sio = Server(
+    sio = sioserver.Server(
         async_mode="gevent", async_handlers=False, cors_allowed_origins="*",
         ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
         # third); only beyond that does the transport drop the connection
         max_http_buffer_size=int(config.max_frame_bytes * 1.5) + 65536,
-        serializer=BoundedPacket, logger=False, engineio_logger=False)
+        serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
 
     @sio.event
     def connect(sid, environ, auth=None):
