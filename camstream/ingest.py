@@ -70,6 +70,7 @@ class Ingest:
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
         self.connections = ConnectionCount(config.max_connections_per_ip)
+        self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
         self.throttle = LoginThrottle()
         self.serving = False
         self.draining = False
@@ -94,8 +95,9 @@ class Ingest:
         if self.draining:
             return False
         if not self.connections.acquire(conn.address):
-            self._log_once(conn, "too many", "refusing a connection from %s: it has %d open "
-                           "(--max-connections-per-ip)", conn.address, self.connections.limit)
+            if self.connections.first_refusal(conn.address):  # once per address, not per try
+                log.warning("refusing connections from %s: it has %d open "
+                            "(--max-connections-per-ip)", conn.address, self.connections.limit)
             return False
         self.conns[conn.sid] = conn
         log.info("connection %s from %s", conn.sid, conn.address)
@@ -323,6 +325,9 @@ def limit_websockets(app, limit: int, ledger: Ledger | None = None):
             return app(environ, start_response)
         address = environ.get("REMOTE_ADDR", "?")
         if not count.acquire(address):
+            if count.first_refusal(address):
+                log.warning("refusing websockets from %s: it has %d open "
+                            "(--max-connections-per-ip)", address, limit)
             ws.close(1008, b"too many connections from this address")
             return []
         try:
@@ -402,7 +407,7 @@ def main() -> int:
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
     sio = socketio_server(ingest, config)
     app = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
-    app = limit_websockets(app, config.max_connections_per_ip)
+    app = limit_websockets(app, config.max_connections_per_ip, ingest.ledger)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = WSGIServer(listener, app, handler_class=WebSocketHandler, log=None,
                         error_log=logging.getLogger("camstream.http"), **tls)

@@ -57,17 +57,21 @@ class LoginThrottle:
 
 
 class ConnectionCount:
-    """Open connections per address."""
+    """Open connections per address. ``refused`` counts every refusal; ``first_refusal()``
+    says whether the last one was the first from that address since it last held none (log
+    that one, not each of a thousand)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open: dict[str, int] = {}
         self.refused = 0
+        self.refused_from: dict[str, int] = {}  # only addresses holding connections: bounded
 
     def acquire(self, address: str) -> bool:
         n = self.open.get(address, 0)
         if n >= self.limit:
             self.refused += 1
+            self.refused_from[address] = self.refused_from.get(address, 0) + 1
             return False
         self.open[address] = n + 1
         return True
@@ -78,3 +82,7 @@ class ConnectionCount:
             self.open[address] = n
         else:
             self.open.pop(address, None)
+            self.refused_from.pop(address, None)
+
+    def first_refusal(self, address: str) -> bool:
+        return self.refused_from.get(address) == 1

@@ -64,6 +64,7 @@ class Ledger:
         # --ingest-only: the pool's workers report every node's clients; show only ours
         self.own_clients_only = False
         self.started = time.time()
+        self.connection_limits: list = []  # ingest's ConnectionCounts: their refusals shown
 
     def client(self, name: str) -> ClientCounts:
         counts = self.clients.get(name)
@@ -152,6 +153,8 @@ class Ledger:
             "ingest": {"restarts": sup.get("ingest_restarts", 0)},
             "clients": clients,
             "totals": totals,
+            # connections refused by --max-connections-per-ip (socket.io and websocket level)
+            "refused_connections": sum(c.refused for c in self.connection_limits),
         }
 
 
@@ -188,3 +191,6 @@ class LedgerCollector(Collector):
                                   value=health["workers"]["restarts"])
         yield CounterMetricFamily("camstream_ingest_restarts", "Ingest processes restarted",
                                   value=health["ingest"]["restarts"])
+        yield CounterMetricFamily("camstream_connections_refused",
+                                  "Connections refused by --max-connections-per-ip",
+                                  value=health["refused_connections"])
