@@ -66,3 +66,17 @@ def test_wrong_password_timing_does_not_tell_whether_the_user_exists():
         return statistics.median(times)
     known, unknown = median_time("alice"), median_time("nobody")
     assert 0.7 < known / unknown < 1.4, (known, unknown)
+
+
+def test_the_users_file_is_replaced_whole_and_private(tmp_path):
+    """A daemon reading the file on SIGHUP sees the old or the new file, never half of one:
+    each save writes a new file (mode 0600 from the start) and renames it over the old."""
+    path = tmp_path / "users"
+    assert cli("add", "alice", "--password-stdin", "--users", str(path),
+               stdin="s3cret\n").returncode == 0
+    before = os.stat(path).st_ino
+    assert cli("add", "bob", "--password-stdin", "--users", str(path),
+               stdin="hunter2\n").returncode == 0
+    assert os.stat(path).st_ino != before, "replaced by a rename, not rewritten in place"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert os.listdir(tmp_path) == ["users"], "no temporary file left behind"
