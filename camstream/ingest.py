@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 
@@ -394,6 +395,23 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     return sio
 
 
+class Server(WSGIServer):
+    """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
+    port, a port scanner) one log line at most every ten seconds, not a traceback each."""
+
+    quiet_until = 0.0
+
+    def wrap_socket_and_handle(self, client_socket, address):
+        try:
+            return super().wrap_socket_and_handle(client_socket, address)
+        except (ssl.SSLError, OSError) as e:
+            client_socket.close()
+            if time.monotonic() >= self.quiet_until:
+                self.quiet_until = time.monotonic() + 10
+                log.warning("TLS handshake with %s failed: %s (such failures are logged at "
+                            "most every 10 s)", address[0], getattr(e, "reason", None) or e)
+
+
 def main() -> int:
     config = proc.child_start("ingest")
     listener = gevent.socket.socket(fileno=int(sys.argv[2]))  # the supervisor's, inherited
@@ -409,7 +427,7 @@ def main() -> int:
     app = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     app = limit_websockets(app, config.max_connections_per_ip, ingest.ledger)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
-    server = WSGIServer(listener, app, handler_class=WebSocketHandler, log=None,
+    server = Server(listener, app, handler_class=WebSocketHandler, log=None,
                         error_log=logging.getLogger("camstream.http"), **tls)
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")
