@@ -47,9 +47,11 @@ class Stats:
     def process(self, image: np.ndarray, header: Header) -> dict:
         height, width = image.shape[:2]
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_64F))
+        mean, _ = cv2.meanStdDev(gray)
+        # 16-bit is exact for a Laplacian of 8-bit pixels, and half the cost of float64
+        _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_16S))
         return {"width": width, "height": height,
-                "brightness": round(float(cv2.mean(gray)[0]), 2),
+                "brightness": round(float(mean[0, 0]), 2),
                 "sharpness": round(float(std[0, 0]) ** 2, 2)}
 
 
