@@ -52,14 +52,14 @@ class Dispatcher:
             if not box.frames:
                 del self.boxes[session]
 
-    def offer(self, session: str, header: bytes, jpeg: bytes) -> None:
+    def offer(self, session: str, header: bytes, jpeg: bytes, seq: int) -> None:
         box = self.boxes[session]
         was_empty = not box.frames
         if len(box.frames) >= self.depth:
             box.frames.popleft()
             box.counts.dropped += 1
             self.waiting -= 1
-        box.frames.append((header, jpeg))
+        box.frames.append((header, jpeg, seq))
         self.waiting += 1
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
         if was_empty:  # a session is in `ready` exactly while its mailbox holds frames
@@ -77,7 +77,7 @@ class Dispatcher:
         while self.ready:
             session = self.ready.popleft()
             box = self.boxes[session]
-            header, jpeg = box.frames.popleft()
+            header, jpeg, seq = box.frames.popleft()
             self.waiting -= 1
             if box.frames:
                 self.ready.append(session)
@@ -87,6 +87,7 @@ class Dispatcher:
             self.hand_over(header, jpeg)
             self.in_hand = 0
             box.counts.dispatched += 1
+            box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
 
     def hand_over(self, header: bytes, jpeg: bytes) -> None:
         """Send to the pipeline, parking this greenlet while it is full. The wait re-checks

@@ -183,7 +183,7 @@ class Ingest:
                 return {"accepted": False, "seq": seq, "reason": reason}
             jpeg = args[-1]
             header = wire.Header(conn.name, conn.sid, seq, time.time_ns(), len(jpeg)).pack()
-            self.dispatcher.offer(conn.sid, header, jpeg)
+            self.dispatcher.offer(conn.sid, header, jpeg, seq)
             return {"accepted": True, "seq": seq, "dropped": counts.dropped}
         finally:
             gevent.sleep(0)

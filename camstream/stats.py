@@ -4,9 +4,12 @@
 Counters are plain integers bumped on the hot path; everything else is computed when asked.
 For each client: ``received`` = ``refused`` + ``dropped`` + ``dispatched`` + frames still
 waiting in ingest, and ``dispatched`` = ``processed`` + ``errors`` + ``in_flight`` (in a
-worker's queue) + ``lost`` (held by a worker that died or hung). A frame counts as lost once it
-was dispatched more than LOST_AFTER seconds ago and no worker has reported it: the pipeline's
-queues are a few frames deep, so a frame still unreported by then went down with a worker.
+worker's queue) + ``lost`` (held by a worker that died or hung). Ingest remembers the sequence
+number of every frame it dispatched until a worker reports it done (workers list the sequence
+numbers they finished in each stats message); a frame no worker has reported LOST_AFTER seconds
+after its dispatch is counted as lost. The pipeline's queues are a few frames deep, so such a
+frame went down with its worker; should it be reported after all (a starved machine), it moves
+from lost to processed.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ WORKER_KEYS = ("processed", "errors", "processor_errors", "recorded", "record_er
 
 
 class ClientCounts:
-    __slots__ = ("received", "dispatched", "dropped", "refused", "refused_by", "history")
+    __slots__ = ("received", "dispatched", "dropped", "refused", "refused_by", "outstanding",
+                 "lost", "lost_seqs")
 
     def __init__(self) -> None:
         self.received = 0
@@ -34,16 +38,27 @@ class ClientCounts:
         self.dropped = 0
         self.refused = 0
         self.refused_by: dict[str, int] = {}
-        self.history: collections.deque = collections.deque()  # (monotonic, dispatched)
+        self.outstanding: dict[int, float] = {}  # seq -> monotonic dispatch time, in order
+        self.lost = 0
+        self.lost_seqs: collections.OrderedDict = collections.OrderedDict()  # recent, bounded
 
-    def dispatched_before(self, moment: float) -> int:
-        """How many frames had been dispatched at ``moment`` (from the checkpoints)."""
-        count = 0
-        for stamp, dispatched in self.history:
-            if stamp > moment:
+    def done(self, seqs: list[int]) -> None:
+        """A worker finished these frames (processed, or an error)."""
+        for seq in seqs:
+            if self.outstanding.pop(seq, None) is None and self.lost_seqs.pop(seq, 0):
+                self.lost -= 1  # late, not lost after all
+
+    def expire(self, before: float) -> None:
+        """Frames dispatched before ``before`` and never reported: lost with their worker."""
+        while self.outstanding:
+            seq, stamp = next(iter(self.outstanding.items()))
+            if stamp >= before:
                 break
-            count = dispatched
-        return count
+            del self.outstanding[seq]
+            self.lost += 1
+            self.lost_seqs[seq] = 1
+            if len(self.lost_seqs) > 10_000:
+                self.lost_seqs.popitem(last=False)
 
     def refuse(self, reason: str) -> None:
         self.refused += 1
@@ -82,6 +97,10 @@ class Ledger:
             self._baseline[pid] = report["clients"]
         self._workers[pid] = report
         self._worker_seen[pid] = time.monotonic()
+        for name, seqs in report.get("done", {}).items():
+            counts = self.clients.get(name)
+            if counts is not None:
+                counts.done(seqs)
 
     def processed(self) -> dict[str, dict[str, int]]:
         """Per client, the sum over worker processes of what they report (WORKER_KEYS)."""
@@ -96,14 +115,11 @@ class Ledger:
         return out
 
     def checkpoint(self) -> None:
-        """Remember how many frames each client had dispatched now (called twice a second)."""
-        now = time.monotonic()
+        """Count as lost what was dispatched LOST_AFTER ago and never reported (twice a
+        second)."""
+        before = time.monotonic() - LOST_AFTER
         for counts in self.clients.values():
-            h = counts.history
-            if not h or h[-1][1] != counts.dispatched:
-                h.append((now, counts.dispatched))
-            while len(h) > 1 and h[1][0] < now - LOST_AFTER:
-                h.popleft()
+            counts.expire(before)
 
     def workers_alive(self) -> int:
         now = time.monotonic()
@@ -122,18 +138,15 @@ class Ledger:
         clients = {}
         totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
                                 "refused", "in_flight", "lost"), 0)
-        settled = time.monotonic() - LOST_AFTER
         names = set(self.clients) if self.own_clients_only else set(self.clients) | set(done)
         for name in sorted(names):
             c = self.clients.get(name) or ClientCounts()
             if name == UNAUTHENTICATED and not c.received:
                 continue
             d = done.get(name) or dict.fromkeys(WORKER_KEYS, 0)
-            done_n = d["processed"] + d["errors"]
-            lost = max(0, c.dispatched_before(settled) - done_n)
             row = {"received": c.received, "dispatched": c.dispatched, "dropped": c.dropped,
                    "processed": d["processed"], "errors": d["errors"], "refused": c.refused,
-                   "in_flight": max(0, c.dispatched - done_n - lost), "lost": lost,
+                   "in_flight": len(c.outstanding), "lost": c.lost,
                    "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
             row.update((k, d[k]) for k in WORKER_KEYS[2:] if d[k])  # only when there are any
             clients[name] = row

@@ -26,12 +26,13 @@ def test_newest_frame_wins_and_the_session_is_queued_once():
     counts = ClientCounts()
     dispatcher.open("s1", "alice", counts)
     for n in range(3):
-        dispatcher.offer("s1", b"h%d" % n, b"jpeg")
+        dispatcher.offer("s1", b"h%d" % n, b"jpeg", n + 1)
     assert list(dispatcher.ready) == ["s1"]
     assert counts.dropped == 2 and dispatcher.waiting == 1
     dispatcher.send_ready()
     assert pull.recv_multipart() == [b"h2", b"jpeg"]
     assert counts.dispatched == 1 and dispatcher.waiting == 0 and not dispatcher.ready
+    assert list(counts.outstanding) == [3]  # until a worker reports seq 3 done
     ctx.destroy(linger=0)
 
 
@@ -39,9 +40,9 @@ def test_round_robin_gives_every_client_its_turn():
     ctx, dispatcher, pull = pipeline()
     for name in ("fast", "slow"):
         dispatcher.open(name, name, ClientCounts())
-    dispatcher.offer("fast", b"f1", b"x")
-    dispatcher.offer("slow", b"s1", b"x")
-    dispatcher.offer("fast", b"f2", b"x")   # replaces f1, fast keeps its place in the round
+    dispatcher.offer("fast", b"f1", b"x", 1)
+    dispatcher.offer("slow", b"s1", b"x", 1)
+    dispatcher.offer("fast", b"f2", b"x", 2)   # replaces f1, fast keeps its place in the round
     runner = gevent.spawn(dispatcher.run)
     got = [pull.recv_multipart()[0] for _ in range(2)]
     runner.kill()
@@ -52,7 +53,7 @@ def test_round_robin_gives_every_client_its_turn():
 def test_a_closed_connections_accepted_frame_is_still_dispatched():
     ctx, dispatcher, pull = pipeline()
     dispatcher.open("s1", "bob", ClientCounts())
-    dispatcher.offer("s1", b"h", b"last words")
+    dispatcher.offer("s1", b"h", b"last words", 1)
     dispatcher.close("s1")
     dispatcher.send_ready()
     assert pull.recv_multipart() == [b"h", b"last words"]

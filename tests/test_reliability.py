@@ -111,7 +111,9 @@ def test_hung_worker_is_killed_and_replaced(daemons, streamers):
                    what="the hung worker to be replaced")
     assert new.is_running()
     assert "worker 1 (pid %d) silent for" % hung.pid in d.output()
-    time.sleep(1)
+    # what it held is counted as lost while the client goes on streaming
+    wait_for(lambda: d.health()["clients"]["steady"]["lost"] > 0, 15,
+             what="the hung worker's frames to be counted as lost during streaming")
     s.stop()
     h = settled(d, ["steady"])
     row = h["clients"]["steady"]

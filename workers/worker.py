@@ -79,6 +79,7 @@ class Worker:
         self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to)
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
+        self.finished: dict[str, list[int]] = {}  # per client, seqs done since the last stats
         self.stopping = False
         self.started = time.time()
         self._errors_logged: set[str] = set()
@@ -105,6 +106,8 @@ class Worker:
         counts = self.counts.get(header.client)
         if counts is None:
             counts = self.counts[header.client] = Counts()
+            self.finished[header.client] = []
+        self.finished[header.client].append(header.seq)  # reported once this frame is done
         image, problem = decode(parts[1].buffer)
         if image is None:
             counts.errors += 1
@@ -148,7 +151,10 @@ class Worker:
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
-             "host": HOST, "remote": self.remote, "clients": clients}))
+             "host": HOST, "remote": self.remote, "clients": clients,
+             "done": {name: seqs for name, seqs in self.finished.items() if seqs}}))
+        for seqs in self.finished.values():
+            seqs.clear()
 
     def log_once(self, kind: str, msg: str, *args) -> None:
         """Log the first error of each kind; the counters carry the rest."""
