@@ -2,6 +2,7 @@
 # Installs the real socket.io clients the tests drive (tests/js: socket.io-client 2.x, the
 # Android app's protocol revision, and 4.x) unless they are there already. Needs Node and npm.
 set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive  # apt-get never asks (CI has no terminal)
 js="$(cd "$(dirname "$0")" && pwd)/js"
 if [ ! -d "$js/node_modules" ]; then
     if [ -f "$js/package-lock.json" ]; then
