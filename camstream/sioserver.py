@@ -127,4 +127,6 @@ class Server(socketio.Server):
         except ValueError as e:
             log.warning("protocol error from %s: %s; closing it", eio_sid, e)
             self._binary_packet.pop(eio_sid, None)
-            self.eio.disconnect(eio_sid)
+            # after this request: closing now, inside a long-polling POST, would reset the
+            # POST's own connection instead of answering it
+            self.eio.start_background_task(self.eio.disconnect, eio_sid)

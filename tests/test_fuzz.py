@@ -230,8 +230,7 @@ def poll_case(d: Daemon, eio: int, posts: list, outcomes: dict) -> None:
         session.close()
 
 
-# EIO=4 long polling is not fuzzed yet: hypothesis still finds failures there (issue 7)
-@pytest.mark.parametrize("eio", [3])
+@pytest.mark.parametrize("eio", [4, 3])
 def test_fuzz_long_polling(target, eio):
     """Both revisions over long polling: malformed payloads get 400 (or are ignored); the
     daemon and the bystander never notice."""
