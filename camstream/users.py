@@ -87,7 +87,8 @@ class Users:
             if missing_ok:
                 return cls()
             raise UsersError(f"users file {path} does not exist "
-                             f"(create it with: camstream users add NAME --users {path})")
+                             f"(create it with: camstream users add NAME --users {path})") \
+                from None
         except OSError as e:
             raise UsersError(f"cannot read users file {path}: {e.strerror}") from None
         hashes = {}

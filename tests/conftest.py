@@ -100,6 +100,14 @@ class Daemon:
         self.log.flush()
         return self.log_path.read_text()
 
+    def shutdown(self) -> None:
+        """Stop the daemon, then kill any child it left behind (a test must leave nothing)."""
+        leftovers = self.children()
+        self.stop()
+        for p in leftovers:
+            if p.is_running():
+                p.kill()
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -127,11 +135,7 @@ def daemons(tmp_path):
         return d
     yield start
     for d in started:
-        leftovers = d.children()
-        d.stop()
-        for p in leftovers:
-            if p.is_running():
-                p.kill()
+        d.shutdown()
 
 
 @pytest.fixture

@@ -100,11 +100,7 @@ def _shared_daemon(tmp: Path, *args: str):
         d.wait_ready()
         yield d
     finally:
-        leftovers = d.children()
-        d.stop()
-        for p in leftovers:
-            if p.is_running():
-                p.kill()
+        d.shutdown()
 
 
 @pytest.fixture(scope="module")

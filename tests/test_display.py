@@ -28,11 +28,7 @@ def daemon(tmp_path_factory):
         d.wait_ready()
         yield d
     finally:
-        leftovers = d.children()
-        d.stop()
-        for p in leftovers:
-            if p.is_running():
-                p.kill()
+        d.shutdown()
 
 
 class Streamer(threading.Thread):

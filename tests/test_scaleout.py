@@ -78,11 +78,7 @@ def servers(tmp_path):
         return d
     yield start
     for d in started:
-        leftovers = d.children()
-        d.stop()
-        for p in leftovers:
-            if p.is_running():
-                p.kill()
+        d.shutdown()
 
 
 def make_keys(directory: Path, name: str = "worker") -> Path:
