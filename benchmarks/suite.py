@@ -162,7 +162,7 @@ def bench_ingest(run: Run) -> dict:
 # -- 2. flood ---------------------------------------------------------------------------------
 
 def bench_flood(run: Run) -> dict:
-    seconds = run.t(20, 60)
+    seconds = run.t(12, 60)
     frame = str(run.frames["640x480"])
     specs = [{"name": f"flood{i}", "frame": frame, "mode": "emit", "event": "receiveImage"}
              for i in range(4)]
@@ -399,7 +399,7 @@ def _isolation_side(reports: list[dict], done: dict[str, list[tuple[int, int]]],
 
 
 def bench_isolation(run: Run) -> dict:
-    seconds = run.t(45, 300)
+    seconds = run.t(30, 300)
     env = {**env_with_pythonpath(), "SLOW_WORK_S": str(SLOW_S)}
     out: dict = {"seconds": seconds, "slow_work_s": SLOW_S, "workers": 2,
                  "offered_fps": 31, "capacity_fps": 2 / SLOW_S,
