@@ -660,3 +660,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        import zmq
+        if isinstance(e, zmq.ZMQError):  # an endpoint that cannot be bound (a port in use)
+            print(f"camstream: error: {e}", file=sys.stderr)
+            return 2
+        raise

@@ -66,3 +66,21 @@ def test_help_explains_every_flag():
                          capture_output=True, text=True, timeout=30).stdout
     for verb in ("serve", "users", "send", "status", "demo"):
         assert verb in top
+
+
+def test_pool_on_a_tcp_port_in_use(tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "-m", "camstream", "keys", "generate", str(keys)],
+                   check=True, capture_output=True, timeout=30)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "camstream", "pool", "--worker-endpoint",
+             f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys), "-w", "1",
+             "--runtime-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"camstream: error: Address already in use (addr='tcp://127.0.0.1:{port}')"
+    assert "Traceback" not in result.stderr
