@@ -222,6 +222,8 @@ def test_sighup_reloads_users_without_dropping_others(daemons, tmp_path, clients
     d.proc.send_signal(signal.SIGHUP)
     assert gone.wait(10), "a removed user is disconnected"
     wait_for(lambda: "users reloaded" in d.output(), 10, what="the reload to be logged")
+    # carol's refused login above costs her address and name a short penalty (0.5 s)
+    time.sleep(0.6)
     carol = clients(d.url, "carol", "c-pass")
     for sio in (alice, carol):
         assert sio.call("frame", ({}, make_jpeg()), timeout=10)["accepted"] is True
