@@ -45,18 +45,11 @@ class Pool(Supervisor):
         self.streamer.stop()  # first: no new frames for workers that are draining
         super().stop()
 
-    def notify(self) -> None:
-        now = time.monotonic()
-        if not self.ready:
-            if all(s.last_beat for s in self.slots):
-                self.ready = True
-                log.info("ready: %d workers", self.worker_count())
-                self.notifier.send(READY=1, STATUS=self.status_line())
-            return
-        interval = self.notifier.watchdog_interval
-        if interval and now - self.last_watchdog >= interval / 2 and self.healthy(now):
-            self.notifier.send(WATCHDOG=1)
-            self.last_watchdog = now
+    def started_up(self) -> bool:
+        return all(s.last_beat for s in self.slots)
+
+    def ready_line(self) -> str:
+        return f"{self.worker_count()} workers"
 
     def healthy(self, now: float) -> bool:
         return any(s.last_beat and now - s.last_beat < FRESH for s in self.slots)

@@ -92,6 +92,7 @@ class Supervisor:
         self.ready = False
         self.last_tick = 0.0
         self.last_watchdog = 0.0
+        self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
 
     # -- the loop ----------------------------------------------------------------------------
@@ -357,23 +358,32 @@ class Supervisor:
                 slot.extra = report
 
     def notify(self) -> None:
-        """READY once ingest serves and every worker reported in; WATCHDOG only while they
-        answer (a hung ingest stops it, so systemd restarts the service); STATUS now and then."""
+        """READY once started up; WATCHDOG only while the children answer (a hung ingest stops
+        it, so systemd restarts the service); STATUS now and then."""
         now = time.monotonic()
         if not self.ready:
-            if self.slots[0].extra.get("serving") and \
-                    all(s.last_beat for s in self.slots if s.role == "worker"):
+            if self.started_up():
                 self.ready = True
-                log.info("ready: listening on %s:%d with %d workers", self.config.ip,
-                         self.config.port, self.worker_count())
+                log.info("ready: %s", self.ready_line())
                 self.notifier.send(READY=1, STATUS=self.status_line())
+                self.status_sent = now
             return
         interval = self.notifier.watchdog_interval
         if interval and now - self.last_watchdog >= interval / 2 and self.healthy(now):
             self.notifier.send(WATCHDOG=1)
             self.last_watchdog = now
-        if now - self.last_status[0] >= STATUS_EVERY:
+        if now - self.status_sent >= STATUS_EVERY:
+            self.status_sent = now
             self.notifier.send(STATUS=self.status_line())
+
+    def started_up(self) -> bool:
+        """Ingest serves and every worker reported in."""
+        return bool(self.slots[0].extra.get("serving")) and \
+            all(s.last_beat for s in self.slots if s.role == "worker")
+
+    def ready_line(self) -> str:
+        return (f"listening on {self.config.ip}:{self.config.port} with "
+                f"{self.worker_count()} workers")
 
     def healthy(self, now: float) -> bool:
         ingest = self.slots[0]
