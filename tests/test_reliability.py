@@ -86,11 +86,11 @@ def test_ingest_killed_clients_reconnect(daemons):
     d = daemons(workers=1)
     sender = subprocess.Popen(
         [sys.executable, "-m", "camstream", "send", d.url, "-u", "phoenix", "--fps", "20",
-         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: d.health()["clients"]["phoenix"]["processed"] > 10, 15,
                  what="streaming to start")
-        d.child("ingest").kill()
+        wait_for(lambda: d.child("ingest"), 10, what="the ingest process").kill()
         h = wait_for(lambda: (h := d.health())["ingest"]["restarts"] == 1 and
                      h["clients"].get("phoenix", {}).get("processed", 0) > 10 and h, 30,
                      what="ingest to come back and the client to stream again")
@@ -98,7 +98,11 @@ def test_ingest_killed_clients_reconnect(daemons):
         assert "ingest (pid" in d.output() and "SIGKILL" in d.output()
     finally:
         sender.send_signal(signal.SIGINT)
-        sender.wait(timeout=15)
+        try:
+            sender.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            sender.wait()
 
 
 def test_hung_worker_is_killed_and_replaced(daemons, streamers):
