@@ -20,6 +20,11 @@ sockets also bind (or connect to) ``tcp://`` endpoints, always with CURVE (:mod:
   PULL->PUSH proxy) binds a PULL on tcp P, which every ingest node's ``frames_push``
   connects to (PUSH may connect), and a PUSH on the ipc frames endpoint for its local
   workers; the pool hosts the bus on P+1/P+2 and ingest nodes publish into it.
+
+With ``--route client`` (processors that need each client's frames in order,
+:mod:`camstream.routing`) the pipeline is one PUSH per worker instead: ingest binds
+``frames-N`` for worker N once that worker reports, and worker N's PULL connects to it. Local
+workers only: a shared pipeline is what remote workers and pools pull from.
 """
 from __future__ import annotations
 
@@ -105,14 +110,31 @@ def frames_push(ctx: zmq.Context, runtime_dir: str, hwm: int, offer: Remote | No
     return sock
 
 
-def frames_pull(ctx: zmq.Context, runtime_dir: str, hwm: int,
-                to: Remote | None = None) -> zmq.Socket:
+def worker_frames(index: int) -> str:
+    """The name of worker ``index``'s own pipeline endpoint (``--route client``)."""
+    return f"{FRAMES}-{index}"
+
+
+def worker_push(ctx: zmq.Context, runtime_dir: str, index: int, hwm: int) -> zmq.Socket:
+    """``--route client``: ingest's end of worker ``index``'s own pipeline."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint(runtime_dir, worker_frames(index)))
+    return sock
+
+
+def frames_pull(ctx: zmq.Context, runtime_dir: str, hwm: int, to: Remote | None = None,
+                own: int | None = None) -> zmq.Socket:
     """A worker's end of the pipeline: connects (ipc, or tcp with ``to``), and reconnects by
-    itself when ingest restarts."""
+    itself when ingest restarts. With ``own`` (``--route client``), to worker ``own``'s own
+    pipeline instead of the shared one."""
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)
-    _connect(sock, endpoint(runtime_dir, FRAMES), to.frames if to else "", to)
+    name = FRAMES if own is None else worker_frames(own)
+    _connect(sock, endpoint(runtime_dir, name), to.frames if to else "", to)
     return sock
 
 

@@ -130,6 +130,11 @@ def build_parser() -> Parser:
                        type=processor_opt, default=[], metavar="KEY=VALUE",
                        help="an option for the processor, e.g. --processor-opt neighbors=3; "
                        "repeat for more")
+    serve.add_argument("--route", choices=["auto", "any", "client"], default="auto",
+                       help="which worker gets a frame: any free one, or always the same one "
+                       "for a client (needed by processors that keep state per client, such "
+                       "as motion); auto: client for those, any for the rest "
+                       "(default: %(default)s)")
     serve.add_argument("--record", metavar="DIR", default="",
                        help="record every frame the workers receive, as it arrived, in "
                        "DIR/<client>/<date>/ with an index of headers and results")
@@ -377,6 +382,22 @@ def add_runtime_dir(parser: argparse.ArgumentParser) -> None:
 
 # -- serve --------------------------------------------------------------------------------------
 
+def choose_route(args: argparse.Namespace) -> str:
+    """``--route``: "client" for ordered processors (auto), where there are local workers to
+    route to; remote workers and pools pull from the shared pipeline."""
+    from workers.processors import is_ordered
+    shared_by = ("--ingest-only" if args.ingest_only
+                 else "--worker-endpoint" if args.worker_endpoint else "")
+    if args.route == "client" and shared_by:
+        raise CliError(f"--route client works with this machine's workers only: with "
+                       f"{shared_by}, workers elsewhere pull from a shared pipeline")
+    if args.route != "auto":
+        return args.route
+    if is_ordered(args.processor) and not shared_by:
+        return "client"
+    return "any"
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     from camstream.users import Users, UsersError
     from workers.processors import load
@@ -394,6 +415,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         load(args.processor, options)
     except Exception as e:
         raise CliError(f"--processor {args.processor}: {e}") from None
+    route = choose_route(args)
     record_dir = str(Path(args.record).absolute()) if args.record else ""
     if record_dir:
         try:
@@ -421,7 +443,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
                   processor=args.processor, processor_options=options,
                   record_dir=record_dir, record_max_gb=args.record_max_gb,
-                  emit_results=args.emit_results, max_fps=args.max_fps,
+                  emit_results=args.emit_results, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,

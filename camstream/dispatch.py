@@ -2,47 +2,87 @@
 
 Each connection has a small mailbox (``queue_depth`` frames). A new frame goes in at once;
 if the mailbox is full the *oldest* frame in it is dropped and counted: the newest frames win,
-so a processed frame is never older than the pipeline's few slots. One dispatcher greenlet
-drains the mailboxes round-robin into the pipeline's PUSH socket (pyzmq's gevent API: a full
-pipeline parks this greenlet only), so a 1 Hz camera gets its turn beside a 30 Hz one.
+so a processed frame is never older than the pipeline's few slots. A **lane** (a PUSH socket
+and the sessions waiting to send into it) is drained round-robin by a greenlet of its own
+(pyzmq's gevent API: a full pipeline parks that greenlet only), so a 1 Hz camera gets its turn
+beside a 30 Hz one. There is one lane, the shared PUSH that deals frames to any free worker;
+with ``--route client`` there is one lane per worker instead, and the
+:class:`~camstream.routing.Router` says which lane each client's frames take: a full or dead
+worker then holds up its own clients only.
 Every accepted frame is also published on the bus for displays and taps (PUB never blocks).
 """
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 
 import gevent
 import gevent.event
 import zmq.green as zmq
 
 from camstream import wire
+from camstream.routing import Router
 from camstream.stats import ClientCounts
 
 
 class Mailbox:
-    __slots__ = ("frames", "counts", "topic", "closed")
+    __slots__ = ("frames", "counts", "client", "topic", "closed")
 
-    def __init__(self, counts: ClientCounts, topic: bytes) -> None:
+    def __init__(self, counts: ClientCounts, client: str) -> None:
         self.frames: collections.deque = collections.deque()
         self.counts = counts
-        self.topic = topic
+        self.client = client
+        self.topic = wire.topic(wire.RAW, client)
         self.closed = False
 
 
+class Lane:
+    """A PUSH socket and, in round-robin order, the sessions whose next frame goes into it."""
+    __slots__ = ("push", "worker", "ready", "wakeup", "in_hand")
+
+    def __init__(self, push: zmq.Socket, worker: int | None = None) -> None:
+        self.push = push
+        self.worker = worker   # --route client: the worker index behind it
+        self.ready: collections.deque[str] = collections.deque()
+        self.wakeup = gevent.event.Event()
+        self.in_hand = 0       # the frame being handed to the pipeline right now
+
+    def add(self, session: str) -> None:
+        self.ready.append(session)
+        self.wakeup.set()
+
+
 class Dispatcher:
-    def __init__(self, frames_push: zmq.Socket, bus_pub: zmq.Socket, queue_depth: int) -> None:
-        self.frames_push = frames_push
+    def __init__(self, frames_push: zmq.Socket | None, bus_pub: zmq.Socket, queue_depth: int,
+                 router: Router | None = None,
+                 worker_push: Callable[[int], zmq.Socket] | None = None) -> None:
+        """Round-robin into ``frames_push``; or, with ``router``, into one PUSH per worker,
+        made by ``worker_push(index)`` when that worker first reports."""
         self.bus_pub = bus_pub
         self.depth = queue_depth
+        self.router = router
+        self.worker_push = worker_push
+        self.shared = Lane(frames_push) if frames_push is not None else None
+        self.lanes: dict[int, Lane] = {}      # --route client: per worker index
+        self.greenlets: list[gevent.Greenlet] = []
         self.boxes: dict[str, Mailbox] = {}
-        self.ready: collections.deque[str] = collections.deque()  # round-robin order
+        # a session is in exactly one lane's `ready` (or in `parked`, when no worker is alive
+        # to take its client) exactly while its mailbox holds frames
+        self.parked: set[str] = set()
         self.waiting = 0     # frames in mailboxes
-        self.in_hand = 0     # the frame the dispatcher is handing to the pipeline right now
-        self._wakeup = gevent.event.Event()
+
+    @property
+    def ready(self) -> collections.deque:
+        return self.shared.ready
+
+    @property
+    def in_hand(self) -> int:
+        lanes = list(self.lanes.values()) + ([self.shared] if self.shared else [])
+        return sum(lane.in_hand for lane in lanes)
 
     def open(self, session: str, client: str, counts: ClientCounts) -> None:
-        self.boxes[session] = Mailbox(counts, wire.topic(wire.RAW, client))
+        self.boxes[session] = Mailbox(counts, client)
 
     def close(self, session: str) -> None:
         """Forget a connection; frames it already had accepted are still dispatched."""
@@ -62,47 +102,102 @@ class Dispatcher:
         box.frames.append((header, jpeg, seq))
         self.waiting += 1
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
-        if was_empty:  # a session is in `ready` exactly while its mailbox holds frames
-            self.ready.append(session)
-            self._wakeup.set()
+        if self.router is not None:
+            self.router.frame(box.client, time.monotonic())
+        if was_empty:
+            self.enqueue(session, box)
 
-    def run(self) -> None:
-        """The dispatcher greenlet."""
+    def lane_for(self, box: Mailbox) -> Lane | None:
+        if self.router is None:
+            return self.shared
+        index = self.router.worker_for(box.client, time.monotonic())
+        return None if index is None else self.lanes[index]
+
+    def enqueue(self, session: str, box: Mailbox) -> None:
+        lane = self.lane_for(box)
+        if lane is None:
+            self.parked.add(session)
+        else:
+            lane.add(session)
+
+    # -- --route client: workers come and go -----------------------------------------------------
+
+    def worker_seen(self, index: int) -> None:
+        """A worker reported on the bus: give it a lane the first time, and its share of the
+        clients that were waiting for any worker at all."""
+        if index not in self.lanes:
+            lane = self.lanes[index] = Lane(self.worker_push(index), index)
+            self.greenlets.append(gevent.spawn(self.run, lane))
+        if self.router.worker_seen(index, time.monotonic()):
+            self.unpark()
+
+    def check(self) -> None:
+        """Twice a second (ingest's heartbeat): rebalance, and place parked sessions."""
+        self.router.check(time.monotonic())
+        self.unpark()
+
+    def unpark(self) -> None:
+        for session in list(self.parked):
+            lane = self.lane_for(self.boxes[session])
+            if lane is not None:
+                self.parked.discard(session)
+                lane.add(session)
+
+    # -- the lanes' greenlets --------------------------------------------------------------------
+
+    def run(self, lane: Lane | None = None) -> None:
+        """A lane's greenlet (the shared lane's by default)."""
+        lane = lane or self.shared
         while True:
-            self._wakeup.wait()
-            self.send_ready()
-            self._wakeup.clear()
+            lane.wakeup.wait()
+            self.send_ready(lane)
+            lane.wakeup.clear()
 
-    def send_ready(self) -> None:
-        while self.ready:
-            session = self.ready.popleft()
+    def send_ready(self, lane: Lane | None = None) -> None:
+        lane = lane or self.shared
+        while lane.ready:
+            session = lane.ready.popleft()
             box = self.boxes[session]
+            if self.router is not None:
+                target = self.lane_for(box)
+                if target is not lane:  # its client moved to another worker
+                    self.enqueue(session, box)
+                    continue
             header, jpeg, seq = box.frames.popleft()
             self.waiting -= 1
             if box.frames:
-                self.ready.append(session)
+                lane.ready.append(session)
             elif box.closed:
                 del self.boxes[session]
-            self.in_hand = 1
-            self.hand_over(header, jpeg)
-            self.in_hand = 0
-            box.counts.dispatched += 1
-            box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
+            lane.in_hand = 1
+            sent = self.hand_over(lane, header, jpeg)
+            lane.in_hand = 0
+            if sent:
+                box.counts.dispatched += 1
+                box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
+            else:
+                box.counts.dropped += 1
 
-    def hand_over(self, header: bytes, jpeg: bytes) -> None:
-        """Send to the pipeline, parking this greenlet while it is full. The wait re-checks
-        every 100 ms: ZeroMQ signals readiness by edges, and a worker that connects while we
-        wait must not be missed."""
+    def hand_over(self, lane: Lane, header: bytes, jpeg: bytes) -> bool:
+        """Send to the lane's pipeline, parking this greenlet while it is full. The wait
+        re-checks every 100 ms: ZeroMQ signals readiness by edges, and a worker that connects
+        while we wait must not be missed. False: the lane's worker is gone (stopped reporting),
+        and the frame with it (counted as dropped)."""
         while True:
             try:
-                self.frames_push.send_multipart((header, jpeg), flags=zmq.NOBLOCK, copy=False)
-                return
+                lane.push.send_multipart((header, jpeg), flags=zmq.NOBLOCK, copy=False)
+                return True
             except zmq.Again:
-                self.frames_push.poll(100, zmq.POLLOUT)
+                if lane.worker is not None and \
+                        not self.router.alive(lane.worker, time.monotonic()):
+                    return False
+                lane.push.poll(100, zmq.POLLOUT)
 
     def drain(self, deadline: float) -> int:
         """Dispatch what is waiting, until ``deadline`` (monotonic); return what is left."""
-        self._wakeup.set()
+        for lane in [self.shared, *self.lanes.values()]:
+            if lane is not None:
+                lane.wakeup.set()
         while (self.waiting or self.in_hand) and time.monotonic() < deadline:
             gevent.sleep(0.01)
         return self.waiting + self.in_hand

@@ -33,6 +33,7 @@ from camstream import bus, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
+from camstream.routing import Router
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
@@ -78,14 +79,22 @@ class Ingest:
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
         offer, self.to = bus.offered(config), bus.reached(config)
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
-        self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
-                                           offer=offer, to=self.to)
+        if config.route == "client":  # one pipeline per local worker (camstream.routing)
+            self.frames_push = None
+            router = Router()
+            self.ledger.owners = router.owner  # shown in /healthz
+        else:
+            self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
+                                               offer=offer, to=self.to)
+            router = None
         # PUB never blocks and stats are polled: plain sockets, without gevent's wake-ups
         plain = zmq_plain.Context.shadow(ctx.underlying)
         self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to)
         self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000,
                                      to=self.to)
-        self.dispatcher = Dispatcher(self.frames_push, self.bus_pub, config.queue_depth)
+        self.dispatcher = Dispatcher(
+            self.frames_push, self.bus_pub, config.queue_depth, router=router,
+            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm))
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
 
@@ -247,6 +256,8 @@ class Ingest:
                 _, report = wire.unpack_json(parts)
                 if report.get("role") == "worker":
                     self.ledger.worker_report(report)
+                    if self.dispatcher.router and not report.get("remote"):
+                        self.dispatcher.worker_seen(int(report["index"]))
                 elif report.get("role") == "supervisor" and report.get("pid") == os.getppid() \
                         and report.get("host", proc.HOST) == proc.HOST:  # a shared bus
                     self.ledger.supervisor = report
@@ -282,6 +293,8 @@ class Ingest:
         while True:
             self.read_stats()
             self.ledger.checkpoint()
+            if self.dispatcher.router:
+                self.dispatcher.check()
             health = self.ledger.health()
             self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
@@ -438,8 +451,9 @@ def main() -> int:
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, lambda: None)  # the supervisor handles Ctrl-C
     gevent.signal_handler(signal.SIGHUP, ingest.reload_users)
-    tasks = [gevent.spawn(ingest.dispatcher.run),
-             gevent.spawn(ingest.heartbeat)]
+    tasks = [gevent.spawn(ingest.heartbeat)]
+    if ingest.dispatcher.shared:  # else one greenlet per worker's lane, as workers report
+        tasks.append(gevent.spawn(ingest.dispatcher.run))
     if config.emit_results:
         tasks.append(gevent.spawn(ingest.listen_results, ctx))
     server.start()
@@ -447,6 +461,9 @@ def main() -> int:
     log.info("serving socket.io on %s://%s:%d (auth %s, %d users)",
              "https" if tls else "http", config.ip, config.port,
              "on" if config.auth else "off", len(users))
+    if config.route == "client":
+        log.info("routing each client's frames to one worker (--route client: %s needs "
+                 "them in order)", config.processor)
     stop.wait()
 
     log.info("stopping: no new connections, draining accepted frames")
@@ -458,7 +475,7 @@ def main() -> int:
     for conn in list(ingest.conns.values()):
         conn.disconnect()
     gevent.sleep(0.1)
-    gevent.killall(tasks)
+    gevent.killall(tasks + ingest.dispatcher.greenlets)
     ingest.stats_sub.close(linger=0)
     ingest.bus_pub.close(linger=200)
     if ingest.zap is not None:

@@ -80,6 +80,7 @@ class Ledger:
         self.own_clients_only = False
         self.started = time.time()
         self.connection_limits: list = []  # ingest's ConnectionCounts: their refusals shown
+        self.owners: dict[str, int] = {}   # --route client: the worker each client is bound to
 
     def client(self, name: str) -> ClientCounts:
         counts = self.clients.get(name)
@@ -149,6 +150,8 @@ class Ledger:
                    "in_flight": len(c.outstanding), "lost": c.lost,
                    "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
             row.update((k, d[k]) for k in WORKER_KEYS[2:] if d[k])  # only when there are any
+            if name in self.owners:
+                row["worker"] = self.owners[name]
             clients[name] = row
             for k in totals:
                 totals[k] += row[k]

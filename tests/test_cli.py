@@ -24,6 +24,9 @@ def serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
     (["-a", "--users", "/nonexistent/users"], "does not exist"),
     (["--processor", "nope"], "unknown processor 'nope'"),
     (["--max-frame-size", "lots"], "not a size"),
+    (["--route", "client", "--worker-endpoint", "tcp://127.0.0.1:5999"],
+     "--route client works with this machine's workers only"),
+    (["--route", "sideways"], "invalid choice: 'sideways'"),
 ])
 def test_bad_serve_flags(tmp_path, args, message):
     result = serve(tmp_path, *args)

@@ -381,8 +381,53 @@ def test_faces_in_the_daemon(daemons, clients, taps):
     assert line["annotated"] > 0
 
 
-def test_motion_keeps_each_clients_order_per_worker(daemons, clients, taps):
+def test_motion_routes_each_client_to_one_worker_in_order(daemons, clients, taps):
+    """3 workers, 4 clients: each client's frames all reach one worker, in order, and every
+    worker has clients (2/1/1). Gaps are only the frames dropped on the way."""
     d = daemons("--processor", "motion", workers=3)
+    wait_for(lambda: "routing each client's frames to one worker" in d.output(), 30,
+             what="the routing line in the log")
+    names = ["cam1", "cam2", "cam3", "cam4"]
+    conns = {n: clients(d.url, n) for n in names}
+    tap = taps(d.runtime_dir)
+    attach(tap, conns["cam1"], "cam1")
+    start = len(tap.lines)
+    frames = square_frames(30)
+    acks: dict[str, list] = {n: [] for n in names}
+    for f in frames:  # interleaved, as four cameras would
+        for n in names:
+            acks[n].append(conns[n].call("frame", ({}, f), timeout=10))
+    want = {n: {a["seq"] for a in acks[n]} for n in names}
+
+    def settled():  # every frame on the tap, or replaced by a newer one (counted as dropped)
+        rows = d.health()["clients"]
+        return all(len(want[n] & {x["seq"] for x in tap.of(n)}) + rows[n]["dropped"]
+                   >= len(want[n]) for n in names)
+    wait_for(settled, 40, what="every result on the tap")
+    lines = tap.lines[start:]
+    owner = {}
+    for n in names:
+        mine = [x for x in lines if x["client"] == n and x["seq"] in want[n]]
+        workers = {x["worker"] for x in mine}
+        assert len(workers) == 1, f"{n}: frames went to workers {workers}"
+        owner[n] = workers.pop()
+        seqs = [x["seq"] for x in mine]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), (n, seqs)
+        assert not any(x.get("reset") for x in mine)
+        for prev, x in zip(mine, mine[1:]):
+            assert x["gap"] == x["seq"] - prev["seq"] - 1  # the model saw all the rest
+        dropped = d.health()["clients"][n]["dropped"]
+        assert sum(x["gap"] for x in mine[1:]) <= dropped, (n, dropped)
+        warm = [x for x in mine if not x["warming_up"]]
+        assert len(warm) > 15 and sum(x["motion"] for x in warm) >= 0.9 * len(warm)
+    assert sorted(list(owner.values()).count(w) for w in set(owner.values())) == [1, 1, 2], \
+        f"the pool is not balanced: {owner}"
+
+
+def test_motion_without_routing_keeps_order_per_worker_and_counts_gaps(daemons, clients, taps):
+    """--route any (what remote workers and pools get): frames dealt round-robin; each
+    worker's model still sees its share in order, and the gaps add up."""
+    d = daemons("--processor", "motion", "--route", "any", workers=3)
     names = ["cam1", "cam2", "cam3", "cam4"]
     conns = {n: clients(d.url, n) for n in names}
     tap = taps(d.runtime_dir)

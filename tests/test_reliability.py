@@ -126,6 +126,52 @@ def test_hung_worker_is_killed_and_replaced(daemons, streamers):
     assert row["processed"] + row["lost"] + row["errors"] == row["dispatched"]
 
 
+def test_routed_clients_follow_a_killed_and_a_hung_worker(daemons, streamers):
+    """--route client: a killed worker is replaced under the same index and keeps its
+    clients; a hung one loses them to the other worker until it is replaced."""
+    d = daemons("--route", "client", "--worker-timeout", "8", workers=2)
+    names = ["r1", "r2", "r3", "r4"]
+    senders = [streamers(d.url, n, fps=15) for n in names]
+
+    def owners():
+        rows = d.health()["clients"]
+        return all("worker" in rows.get(n, {}) for n in names) and \
+            {n: rows[n]["worker"] for n in names}
+    before = wait_for(owners, 20, what="every client bound to a worker")
+    assert sorted(before.values()) == [1, 1, 2, 2]
+
+    def progress(within: float) -> None:
+        start = {n: d.health()["clients"][n]["processed"] for n in names}
+        wait_for(lambda: all(d.health()["clients"][n]["processed"] > start[n] + 5
+                             for n in names), within, what="every client processed again")
+
+    killed = wait_for(lambda: d.child("worker 1"), 10, what="worker 1")
+    killed.kill()
+    wait_for(lambda: (c := d.child("worker 1")) and c.pid != killed.pid, 15,
+             what="worker 1 to be replaced")
+    progress(15)
+    assert owners() == before  # the replacement kept worker 1's clients
+
+    hung = d.child("worker 2")
+    hung.suspend()
+    progress(7)  # before worker 2 is replaced: its clients moved to worker 1
+    assert set(owners().values()) == {1}
+    assert "(worker 2 stopped reporting)" in d.output()
+    wait_for(lambda: (c := d.child("worker 2")) and c.pid != hung.pid, 20,
+             what="the hung worker to be replaced")
+    # and the pool rebalances onto the new worker 2
+    wait_for(lambda: sorted((o := owners()) and o.values()) == [1, 1, 2, 2], 20,
+             what="two clients back on worker 2")
+    for sender in senders:
+        sender.stop()
+    h = settled(d, names)
+    for sender in senders:
+        assert all(a["accepted"] for a in sender.acks), sender.name
+        row = h["clients"][sender.name]
+        assert row["received"] == row["dispatched"] + row["dropped"] + row["refused"], row
+        assert row["lost"] <= 12, row  # what the killed or hung worker held of this client
+
+
 def test_sigterm_drains_every_accepted_frame(daemons, tmp_path):
     d = daemons("--stop-timeout", "10", "--max-fps", "10000", workers=2)
     ctx = zmq.Context()

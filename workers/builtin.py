@@ -125,15 +125,16 @@ class _Track:
 
 
 class Motion:
-    """Moving regions by background subtraction (MOG2), one model per client in each worker.
+    """Moving regions by background subtraction (MOG2), one model per client.
 
-    The pipeline spreads a client's frames over the workers (PUSH is round-robin), so each
-    worker's model sees every Nth frame of a client, in order (one PUSH socket feeds each
-    worker's queue in sequence). The gap since the frame a model last saw is in the result
-    (``gap``) and scales the learning rate, so the model forgets the background at the same
-    pace in time whatever the number of workers. A sequence number going back (ingest
-    restarted) resets the model and says so (``reset``)."""
+    ``ordered``: serve routes each client's frames to one worker, in order. Frames dropped on
+    the way (newest wins), or dealt to other workers where routing is off (remote workers,
+    pools), show as ``gap``, the frames since the one the model last saw; the gap scales the
+    learning rate, so the model forgets the background at the same pace in time either way.
+    A sequence number going back (ingest restarted) resets the model and says so
+    (``reset``)."""
 
+    ordered = True
     DEFAULTS = {"history": 100, "threshold": 16.0, "min_area": 0.002, "warmup": 2,
                 "width": 320, "annotate": True}
     IDLE_S = 60.0  # a client silent this long loses its model

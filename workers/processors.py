@@ -15,6 +15,10 @@ an annotated image beside the result (``image`` may be ``None``). Nothing else. 
 ``seq``, ``worker`` and ``done_ns`` to the dict. An exception costs that frame only: it is
 counted for the client (``errors`` and ``processor_errors``) and logged once per kind.
 
+A processor that keeps state per client across frames (a background model, a tracker) sets
+``ordered = True`` (a class attribute, or an attribute of the function): ``serve`` then routes
+each client's frames to one worker, in order (``--route client``, :mod:`camstream.routing`).
+
 ``NAME`` is looked up as a built-in (:data:`BUILTINS`), then as an installed entry point in the
 group ``camstream.processors``, then as ``module:attr``.
 """
@@ -71,6 +75,11 @@ def find(name: str) -> Any:
     raise ValueError(f"unknown processor {name!r} (built-ins: {', '.join(BUILTIN_NAMES)}"
                      + (f"; installed: {', '.join(installed)}" if installed else "")
                      + "; or module:attr)")
+
+
+def is_ordered(name: str) -> bool:
+    """Whether processor ``name`` wants each client's frames in order, on one worker."""
+    return bool(getattr(find(name), "ordered", False))
 
 
 def load(name: str, options: Iterable[Iterable[str]] | dict | None = None) -> Processor:

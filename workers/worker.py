@@ -76,7 +76,9 @@ class Worker:
                                      self.log_once)
             self.recorder.start()
         to = bus.reached(config)
-        self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to)
+        own = index if config.route == "client" and not self.remote else None
+        self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to,
+                                           own=own)
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
         self.finished: dict[str, list[int]] = {}  # per client, seqs done since the last stats
@@ -167,7 +169,8 @@ def main() -> int:
     index = int(sys.argv[2])
     config = proc.child_start(f"worker {index}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
-    return serve(config, index, bus.endpoint(config.runtime_dir, bus.FRAMES))
+    own = bus.worker_frames(index) if config.route == "client" else bus.FRAMES
+    return serve(config, index, bus.endpoint(config.runtime_dir, own))
 
 
 def run_standalone(config) -> int:

@@ -1,0 +1,122 @@
+"""Which worker gets a client's frames, when the processor needs them in order.
+
+The pipeline's shared PUSH deals frames to whichever worker is free: right for processors that
+look at one frame at a time, wrong for those that keep a model per client across frames
+(``motion``: a background model fed every third frame, by three workers, learns three
+backgrounds). With ``--route client`` (the default for processors marked ``ordered``) ingest
+binds one PUSH per worker instead, and the :class:`Router` binds each client to one worker:
+
+- a client is bound on its first frame to the live worker with the fewest active clients
+  (ties: the lightest recent frame rate, then the lowest index), and stays there;
+- a worker that stops reporting for ``stale_s`` loses its clients to the others (a crashed
+  worker that the supervisor replaces in time keeps them: the new process has the same index);
+- when the busiest worker has two clients more than the idlest (a worker was added, clients
+  left), one client moves over at each check: its model starts again on the new worker;
+- a client silent for ``idle_s`` is forgotten (as the worker forgets its model).
+
+Balance is by clients, not frames: one client's frames cannot be split without losing their
+order, so with fewer clients than workers some workers idle.
+"""
+from __future__ import annotations
+
+import logging
+
+from camstream.stats import WORKER_STALE_S
+
+log = logging.getLogger("camstream.ingest")
+
+ACTIVE_S = 5.0    # a client that sent a frame this recently counts towards its worker's load
+IDLE_S = 60.0     # a client silent this long is forgotten (motion forgets its model too)
+RATE_WEIGHT = 0.3  # weight of the newest interval in each client's frame-rate average
+
+
+class Router:
+    def __init__(self, stale_s: float = WORKER_STALE_S, idle_s: float = IDLE_S) -> None:
+        self.stale_s = stale_s
+        self.idle_s = idle_s
+        self.seen: dict[int, float] = {}      # worker index -> when it last reported
+        self.owner: dict[str, int] = {}       # client -> the worker it is bound to
+        self.last_frame: dict[str, float] = {}
+        self.frames: dict[str, int] = {}      # since the last check
+        self.rate: dict[str, float] = {}      # frames per second, a moving average
+        self.last_check = 0.0
+        self.moves = 0                        # clients moved to another worker
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def alive(self, index: int, now: float) -> bool:
+        return now - self.seen.get(index, -1e9) < self.stale_s
+
+    def live(self, now: float) -> list[int]:
+        return sorted(i for i in self.seen if self.alive(i, now))
+
+    def worker_seen(self, index: int, now: float) -> bool:
+        """A worker reported; True when it was not alive before (new, or back)."""
+        back = not self.alive(index, now)
+        self.seen[index] = now
+        return back
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def frame(self, client: str, now: float) -> None:
+        self.frames[client] = self.frames.get(client, 0) + 1
+        self.last_frame[client] = now
+
+    def worker_for(self, client: str, now: float) -> int | None:
+        """The worker ``client``'s frames go to, binding it if need be; None while no worker
+        is alive."""
+        owner = self.owner.get(client)
+        if owner is not None and self.alive(owner, now):
+            return owner
+        live = self.live(now)
+        if not live:
+            return None
+        clients, load = self.loads(now)
+        best = min(live, key=lambda i: (clients[i], load[i], i))
+        self.owner[client] = best
+        if owner is None:
+            log.info("client %r -> worker %d", client, best)
+        else:
+            self.moves += 1
+            log.warning("client %r -> worker %d (worker %d stopped reporting)", client, best,
+                        owner)
+        return best
+
+    def loads(self, now: float) -> tuple[dict[int, int], dict[int, float]]:
+        """Per live worker: its active clients, and their summed frame rates."""
+        clients = dict.fromkeys(self.live(now), 0)
+        load = dict.fromkeys(clients, 0.0)
+        for client, index in self.owner.items():
+            if index in clients and now - self.last_frame.get(client, -1e9) < ACTIVE_S:
+                clients[index] += 1
+                load[index] += self.rate.get(client, 0.0)
+        return clients, load
+
+    def check(self, now: float) -> None:
+        """Twice a second: update the rates, forget idle clients, move one client from the
+        busiest worker to the idlest when they differ by two clients or more."""
+        elapsed = now - self.last_check
+        if self.last_check and elapsed > 0:
+            for client in self.owner:
+                fps = self.frames.get(client, 0) / elapsed
+                self.rate[client] = (1 - RATE_WEIGHT) * self.rate.get(client, fps) \
+                    + RATE_WEIGHT * fps
+        self.frames.clear()
+        self.last_check = now
+        for client in [c for c, t in self.last_frame.items() if now - t >= self.idle_s]:
+            for table in (self.owner, self.last_frame, self.rate):
+                table.pop(client, None)
+        clients, load = self.loads(now)
+        if len(clients) < 2:
+            return
+        busiest = max(clients, key=lambda i: (clients[i], load[i], -i))
+        idlest = min(clients, key=lambda i: (clients[i], load[i], i))
+        if clients[busiest] - clients[idlest] < 2:
+            return
+        movable = [c for c, i in self.owner.items() if i == busiest
+                   and now - self.last_frame.get(c, -1e9) < ACTIVE_S]
+        client = min(movable, key=lambda c: (self.rate.get(c, 0.0), c))
+        self.owner[client] = idlest
+        self.moves += 1
+        log.info("client %r -> worker %d (from worker %d, to balance the pool: %d and %d "
+                 "clients)", client, idlest, busiest, clients[busiest], clients[idlest])
