@@ -298,6 +298,21 @@ def test_readme_example_runs_from_module_attr(tmp_path, daemons, clients):
     assert result["redness"] > 150 and abs(result["spot"][0] - 104) <= 6
 
 
+def test_a_processor_marked_ordered_is_routed_by_client(tmp_path, daemons, clients):
+    env = write_module(tmp_path, "tracker", (
+        "def track(image, header):\n"
+        "    return {'rows': int(image.shape[0])}\n"
+        "track.ordered = True\n"))
+    assert processors.is_ordered("motion") and not processors.is_ordered("stats")
+    d = daemons("--processor", "tracker:track", workers=2, env=env)
+    sio = clients(d.url, "alice")
+    send(sio, [make_jpeg(seed=i) for i in range(3)])
+    row = wait_for(lambda: (r := d.health()["clients"]["alice"])["processed"] >= 1
+                   and r["processed"] + r["dropped"] == 3 and r, 30, what="3 frames done")
+    assert row["worker"] in (1, 2)
+    assert "--route client: tracker:track needs them in order" in d.output()
+
+
 def test_a_processor_that_raises_costs_its_frame_only(tmp_path, daemons, clients):
     env = write_module(tmp_path, "flaky", (
         "def odd_fails(image, header):\n"
