@@ -560,6 +560,12 @@ def bench_scaleout(run: Run) -> dict:
     return bench(run)
 
 
+def bench_routing(run: Run) -> dict:
+    """benchmarks/routing.py: --route client vs --route any (imported when run, as scaleout)."""
+    from benchmarks.routing import bench_routing as bench
+    return bench(run)
+
+
 BENCHMARKS = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -568,4 +574,5 @@ BENCHMARKS = {
     "isolation": bench_isolation,
     "profile": bench_profile,
     "scaleout": bench_scaleout,
+    "routing": bench_routing,
 }

@@ -325,3 +325,24 @@ def test_app_streams_100_frames_at_10hz_beside_a_current_client(auth_daemon, js,
         row = wait_processed(auth_daemon, name, 100)
         assert (row["received"], row["processed"], row["dropped"], row["refused"],
                 row["errors"]) == (100, 100, 0, 0, 0), (name, row)
+
+
+# -- (6) --emit-results over the legacy revision: the app ignores unknown events ---------------
+
+@pytest.mark.parametrize("mode", ["default", "polling"])
+def test_results_reach_the_legacy_client_that_sent_the_frames(daemons, js, jpeg_file, mode):
+    d = daemons("--emit-results", workers=2)
+    bystander = js.start(d.url, "2", "bob", hold=4, mode=mode)  # sends nothing
+    wait_for(lambda: d.health()["clients"].get("bob", {}).get("connected") == 1, 15,
+             what="bob connected")
+    rc, summary = js.result(js.start(d.url, "2", "alice", frames=jpeg_file, count=5, fps=10,
+                                     mode=mode, hold=2))
+    assert rc == 0 and summary["sent"] == 5, summary
+    results = [e[1] for e in summary["events"] if e[0] == "result"]
+    row = wait_for(lambda: (r := d.health()["clients"]["alice"])["processed"] + r["dropped"]
+                   == 5 and r, 10, what="alice's 5 frames done")
+    assert sorted(r["seq"] for r in results) == sorted(set(r["seq"] for r in results))
+    assert results and len(results) == row["processed"]
+    assert all(r["width"] == 320 for r in results)
+    rc, other = js.result(bystander)
+    assert rc == 0 and other["events"] == [["onAuthentication", True]]  # none of alice's
