@@ -219,11 +219,14 @@ def format_health(health: dict) -> str:
              f"{w['expected']} ({w['restarts']} restarts), ingest restarts "
              f"{health['ingest']['restarts']}"]
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
-    lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols))
+    routed = any("worker" in row for row in health["clients"].values())  # --route client
+    lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)
+                 + (f"{'worker':>7}" if routed else ""))
     rows = list(health["clients"].items()) + [("(total)", dict(health["totals"], connected=""))]
     for name, row in rows:
         lines.append(f"{name[:20]:<20}{row['connected']:>5}" +
-                     "".join(f"{row[c]:>11}" for c in cols))
+                     "".join(f"{row[c]:>11}" for c in cols) +
+                     (f"{row.get('worker', ''):>7}" if routed else ""))
     return "\n".join(lines)
 
 

@@ -311,6 +311,10 @@ def test_a_processor_marked_ordered_is_routed_by_client(tmp_path, daemons, clien
                    and r["processed"] + r["dropped"] == 3 and r, 30, what="3 frames done")
     assert row["worker"] in (1, 2)
     assert "--route client: tracker:track needs them in order" in d.output()
+    status = subprocess.run([sys.executable, "-m", "camstream", "status", d.url],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT).stdout
+    header, alice = status.splitlines()[1:3]
+    assert header.split()[-1] == "worker" and alice.split()[-1] == str(row["worker"])
 
 
 def test_a_processor_that_raises_costs_its_frame_only(tmp_path, daemons, clients):
