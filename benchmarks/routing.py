@@ -2,9 +2,10 @@
 costs against ``--route any`` (one shared PUSH that deals frames to any free worker), in one
 run, with the same processor (``stats``, so the work per frame is the same) and 2 workers.
 
-Both daemons are up at once (the idle one costs next to nothing) and the same load runs on one,
-then on the other; in full mode a second round runs in the opposite order, so that a change in
-the machine's load hits both sides alike.
+Both daemons are up at once (the idle one costs next to nothing) and each load runs in four
+windows, in the order any, client, client, any (7.5 s each in quick mode, 15 s full; 4 and 10 s
+for the skewed load): a drift in the machine's load over the run hits both modes alike. Each
+mode's figures are over its two windows together.
 
 - balanced: 4 ack clients (one ``frame`` in flight each, as fast as the acks return), 640x480.
   Processed frames/s (results counted on the bus), the ratio client/any, frame ack p50/p99,
@@ -15,11 +16,13 @@ the machine's load hits both sides alike.
   to the one worker it is bound to; with any routing it uses both. Its processed frames/s, and
   the total, client/any.
 
-Ingest and worker CPU-seconds over each window are recorded too (psutil), to tell where a
-difference comes from.
+Ingest, worker and client CPU-seconds, the machine's idle CPU and the gaps between a worker's
+consecutive results (a stalled lane shows there) are recorded too, to tell where a difference
+comes from.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -88,17 +91,24 @@ def _totals(d: Daemon) -> dict:
 
 
 def _window(run: Run, d: Daemon, tap: WorkerTap, specs: list[dict], window: float) -> dict:
-    """Run the clients; measure from 1 s after they start until ``window`` s later."""
+    """Run the clients; measure from 1 s after they start until ``window`` s later. Raw
+    counts, summed over the windows of one mode by :func:`_summary`."""
     ingest, workers = d.ingest(), _workers(d)
     cl = Clients(d.url, run.workdir, specs, window + 1.5)
+    client_procs = []
+    for proc, _ in cl.procs:
+        try:
+            client_procs.append(psutil.Process(proc.pid))
+        except psutil.Error:
+            pass
     try:
         cl.wait_started()
         time.sleep(1.0)
-        t0, h0 = time.time_ns(), _totals(d)
-        ci0, cw0 = _cpu([ingest]), _cpu(workers)
+        t0, h0, m0 = time.time_ns(), _totals(d), psutil.cpu_times()
+        cpu0 = [_cpu([ingest]), _cpu(workers), _cpu(client_procs)]
         time.sleep(window)
-        t1, h1 = time.time_ns(), _totals(d)
-        ci1, cw1 = _cpu([ingest]), _cpu(workers)
+        t1, h1, m1 = time.time_ns(), _totals(d), psutil.cpu_times()
+        cpu1 = [_cpu([ingest]), _cpu(workers), _cpu(client_procs)]
         reports = cl.collect()
     finally:
         cl.kill()
@@ -107,85 +117,97 @@ def _window(run: Run, d: Daemon, tap: WorkerTap, specs: list[dict], window: floa
                     if "worker" in r}
     except requests.RequestException:
         bindings = {}
-    wall = (t1 - t0) / 1e9
     recs = tap.between(t0, t1)
-    per_worker = Counter(r[4] for r in recs)
     per_client: dict[str, Counter] = defaultdict(Counter)
-    for r in recs:
-        per_client[r[0]][r[4]] += 1
-    received = h1["received"] - h0["received"]
-    dropped = h1["dropped"] - h0["dropped"]
-    acks = [a for r in reports for a in r["ack_ms"]]
-    processed = len(recs)
+    done_by_worker: dict[int, list[int]] = defaultdict(list)
+    for client, _, _, done_ns, worker in recs:
+        per_client[client][worker] += 1
+        done_by_worker[worker].append(done_ns)
+    gaps = []  # ms between one worker's consecutive results: a stalled lane shows here
+    for ts in done_by_worker.values():
+        ts.sort()
+        gaps += [(b - a) / 1e6 for a, b in itertools.pairwise(ts)]
+    wall = (t1 - t0) / 1e9
     return {
-        "seconds": round(wall, 2),
-        "processed_fps": round(processed / wall, 1),
-        "received_fps": round(received / wall, 1),
-        "dropped_share": round(dropped / received, 3) if received else None,
-        "ack_ms": summary_stats(acks),
-        "per_worker_fps": {str(w): round(n / wall, 1) for w, n in sorted(per_worker.items())},
-        "busiest_worker_share": round(max(per_worker.values()) / processed, 3)
-        if processed else None,
-        "per_client_fps": {c: round(sum(ws.values()) / wall, 1)
-                           for c, ws in sorted(per_client.items())},
-        "per_client_workers": {c: {str(w): n for w, n in sorted(ws.items())}
-                               for c, ws in sorted(per_client.items())},
-        "clients_on_2_workers": sum(1 for ws in per_client.values() if len(ws) > 1),
-        "bindings": bindings,
-        "ingest_cpu_util": round((ci1 - ci0) / wall, 3),
-        "workers_cpu_util": round((cw1 - cw0) / wall, 3),
-        "ingest_cpu_ms_per_frame": round(1000 * (ci1 - ci0) / received, 3) if received
-        else None,
-        "workers_cpu_ms_per_processed": round(1000 * (cw1 - cw0) / processed, 3)
-        if processed else None,
-        "disconnects": sum_key(reports, "disconnects"),
-        "timeouts": sum_key(reports, "timeouts"),
+        "seconds": wall, "processed": len(recs),
+        "received": h1["received"] - h0["received"], "dropped": h1["dropped"] - h0["dropped"],
+        "per_client": per_client, "acks": [a for r in reports for a in r["ack_ms"]],
+        "gaps": gaps, "bindings": bindings,
+        "cpu": {k: b - a for k, a, b in zip(("ingest", "workers", "clients"), cpu0, cpu1)},
+        "idle": m1.idle - m0.idle,
+        "disconnects": sum_key(reports, "disconnects"), "timeouts": sum_key(reports, "timeouts"),
         "client_errors": [r["error"] for r in reports if r.get("error")],
     }
 
 
-def _merge(windows: list[dict]) -> dict:
-    """Rounds of one mode, as one (time-weighted where it matters)."""
-    if len(windows) == 1:
-        return windows[0]
-    secs = sum(w["seconds"] for w in windows)
-
-    def wavg(key):
-        vals = [(w[key], w["seconds"]) for w in windows if w.get(key) is not None]
-        return round(sum(v * s for v, s in vals) / sum(s for _, s in vals), 3) if vals else None
-    out = {"seconds": round(secs, 2), "rounds": windows}
-    for key in ("processed_fps", "received_fps", "dropped_share", "busiest_worker_share",
-                "ingest_cpu_util", "workers_cpu_util", "ingest_cpu_ms_per_frame",
-                "workers_cpu_ms_per_processed"):
-        out[key] = wavg(key)
-    for key in ("per_worker_fps", "per_client_fps"):
-        names = sorted({k for w in windows for k in w[key]})
-        out[key] = {k: round(sum(w[key].get(k, 0) * w["seconds"] for w in windows) / secs, 1)
-                    for k in names}
-    # ack percentiles of the rounds pooled are not kept per ack: take the worse round
-    out["ack_ms"] = {q: max(w["ack_ms"].get(q) or 0 for w in windows) for q in ("p50", "p99")}
-    for key in ("clients_on_2_workers", "disconnects", "timeouts"):
-        out[key] = max(w[key] for w in windows) if key == "clients_on_2_workers" else \
-            sum(w[key] for w in windows)
-    out["client_errors"] = [e for w in windows for e in w["client_errors"]]
-    out["bindings"] = windows[-1]["bindings"]
-    return out
+def _summary(windows: list[dict]) -> dict:
+    """The windows of one mode, as one measurement."""
+    wall = sum(w["seconds"] for w in windows)
+    processed = sum(w["processed"] for w in windows)
+    received = sum(w["received"] for w in windows)
+    per_client: dict[str, Counter] = defaultdict(Counter)
+    for w in windows:
+        for client, by_worker in w["per_client"].items():
+            per_client[client].update(by_worker)
+    per_worker: Counter = Counter()
+    for by_worker in per_client.values():
+        per_worker.update(by_worker)
+    cpu = {k: sum(w["cpu"][k] for w in windows) for k in ("ingest", "workers", "clients")}
+    return {
+        "seconds": round(wall, 2), "windows": len(windows),
+        "window_processed_fps": [round(w["processed"] / w["seconds"], 1) for w in windows],
+        "processed_fps": round(processed / wall, 1),
+        "received_fps": round(received / wall, 1),
+        "dropped_share": round(sum(w["dropped"] for w in windows) / received, 3)
+        if received else None,
+        "ack_ms": summary_stats([a for w in windows for a in w["acks"]]),
+        "per_worker_fps": {str(k): round(n / wall, 1) for k, n in sorted(per_worker.items())},
+        "busiest_worker_share": round(max(per_worker.values()) / processed, 3)
+        if processed else None,
+        "per_client_fps": {c: round(sum(ws.values()) / wall, 1)
+                           for c, ws in sorted(per_client.items())},
+        "per_client_workers": {c: {str(k): n for k, n in sorted(ws.items())}
+                               for c, ws in sorted(per_client.items())},
+        "clients_on_2_workers": sum(1 for ws in per_client.values() if len(ws) > 1),
+        "bindings": windows[-1]["bindings"],  # /healthz rows' worker (--route client)
+        "worker_result_gap_ms": summary_stats([g for w in windows for g in w["gaps"]]),
+        "cpu_util": {k: round(v / wall, 3) for k, v in cpu.items()},
+        "machine_idle_cpus": round(sum(w["idle"] for w in windows) / wall, 3),
+        "ingest_cpu_ms_per_frame": round(1000 * cpu["ingest"] / received, 3)
+        if received else None,
+        "workers_cpu_ms_per_processed": round(1000 * cpu["workers"] / processed, 3)
+        if processed else None,
+        "disconnects": sum(w["disconnects"] for w in windows),
+        "timeouts": sum(w["timeouts"] for w in windows),
+        "client_errors": [e for w in windows for e in w["client_errors"]],
+    }
 
 
 def _split(fps: dict) -> str:
     return " / ".join(f"w{w} {v:.0f}" for w, v in sorted(fps.items()))
 
 
+def _abba(run: Run, daemons: dict, taps: dict, specs: list[dict], window: float,
+          rounds: int) -> dict[str, dict]:
+    """``rounds`` x (any, client, client, any), each ``window`` s: a drift in the machine's
+    load over the run hits both modes alike."""
+    raw: dict[str, list] = {m: [] for m in MODES}
+    for _ in range(rounds):
+        for mode in (*MODES, *MODES[::-1]):
+            raw[mode].append(_window(run, daemons[mode], taps[mode], specs, window))
+    return {m: _summary(raw[m]) for m in MODES}
+
+
 def bench_routing(run: Run) -> dict:
     frame = str(run.frames["640x480"])
-    window, skew_window = run.t(15, 30), run.t(8, 20)
-    rounds = 1 if not run.full else 2
+    # per mode: 2 x window (balanced) and 2 x skew_window (skewed) per round
+    window, skew_window, rounds = run.t(7.5, 15), run.t(4, 10), 1
     balanced = [{"name": f"bal{i}", "frame": frame, "mode": "ack"} for i in range(4)]
     skewed = [{"name": "fast", "frame": frame, "mode": "ack"}] + [
         {"name": f"slow{i}", "frame": frame, "mode": "ack", "fps": 2} for i in range(3)]
-    out: dict = {"workers": WORKERS, "processor": "stats", "window_s": window,
-                 "skew_window_s": skew_window, "rounds": rounds,
-                 "balanced": {m: [] for m in MODES}, "skewed": {m: [] for m in MODES}}
+    out: dict = {"workers": WORKERS, "processor": "stats", "frame": "640x480",
+                 "window_s": window, "skew_window_s": skew_window,
+                 "order": "any, client, client, any"}
     daemons: dict[str, Daemon] = {}
     taps: dict[str, WorkerTap] = {}
     try:
@@ -194,24 +216,13 @@ def bench_routing(run: Run) -> dict:
         for mode in MODES:
             daemons[mode].wait_ready()
             taps[mode] = WorkerTap(daemons[mode].runtime_dir)
-        for r in range(rounds):
-            order = MODES if r % 2 == 0 else MODES[::-1]
-            for mode in order:
-                out["balanced"][mode].append(_window(run, daemons[mode], taps[mode], balanced,
-                                                     window))
-        for r in range(rounds):
-            order = MODES if r % 2 == 0 else MODES[::-1]
-            for mode in order:
-                out["skewed"][mode].append(_window(run, daemons[mode], taps[mode], skewed,
-                                                   skew_window))
+        out["balanced"] = _abba(run, daemons, taps, balanced, window, rounds)
+        out["skewed"] = _abba(run, daemons, taps, skewed, skew_window, rounds)
     finally:
         for tap in taps.values():
             tap.close()
         for d in daemons.values():
             d.stop()
-    for case in ("balanced", "skewed"):
-        for mode in MODES:
-            out[case][mode] = _merge(out[case][mode])
     a, c = out["balanced"]["any"], out["balanced"]["client"]
     sa, sc = out["skewed"]["any"], out["skewed"]["client"]
     out["ratios"] = {
@@ -220,12 +231,17 @@ def bench_routing(run: Run) -> dict:
         "skewed_fast_client": ratio(sc["per_client_fps"].get("fast"),
                                     sa["per_client_fps"].get("fast")),
     }
-    fast_worker = out["skewed"]["client"].get("bindings", {}).get("fast")
+    fast_worker = sc["bindings"].get("fast")
+    errors = {side: s["disconnects"] + s["timeouts"] + t["disconnects"] + t["timeouts"]
+              for side, s, t in (("client", c, sc), ("any", a, sa))}
     out["rows"] = [
         row("4 ack clients, 640x480: processed fps (client vs any)", c["processed_fps"],
             a["processed_fps"], ">= 0.85 of any",
             bool(out["ratios"]["balanced_processed"]
                  and out["ratios"]["balanced_processed"] >= 0.85), unit="fps"),
+        row("processed fps per window (run in the order any, client, client, any)",
+            ", ".join(f"{v:.0f}" for v in c["window_processed_fps"]),
+            ", ".join(f"{v:.0f}" for v in a["window_processed_fps"])),
         row("frame ack p50 (ms)", c["ack_ms"].get("p50"), a["ack_ms"].get("p50")),
         row("frame ack p99 (ms)", c["ack_ms"].get("p99"), a["ack_ms"].get("p99")),
         row("dropped, share of received", c["dropped_share"], a["dropped_share"]),
@@ -235,8 +251,12 @@ def bench_routing(run: Run) -> dict:
             c["busiest_worker_share"], a["busiest_worker_share"]),
         row("clients whose frames went to both workers", c["clients_on_2_workers"],
             a["clients_on_2_workers"], "client: 0", c["clients_on_2_workers"] == 0),
-        row("ingest CPU ms per received frame", c["ingest_cpu_ms_per_frame"],
-            a["ingest_cpu_ms_per_frame"]),
+        row("gap between a worker's results, p99 / max (ms)",
+            f"{c['worker_result_gap_ms'].get('p99')} / {c['worker_result_gap_ms'].get('max')}",
+            f"{a['worker_result_gap_ms'].get('p99')} / {a['worker_result_gap_ms'].get('max')}"),
+        row("CPU used: ingest / workers / clients (cores)",
+            " / ".join(f"{v:.2f}" for v in c["cpu_util"].values()),
+            " / ".join(f"{v:.2f}" for v in a["cpu_util"].values())),
         row("skewed 1 fast + 3 x 2 Hz: fast client's processed fps"
             + (f" (bound to w{fast_worker})" if fast_worker is not None else ""),
             sc["per_client_fps"].get("fast"), sa["per_client_fps"].get("fast"), unit="fps"),
@@ -244,10 +264,7 @@ def bench_routing(run: Run) -> dict:
             unit="fps"),
         row("skewed: processed fps per worker", _split(sc["per_worker_fps"]),
             _split(sa["per_worker_fps"])),
-        row("disconnects + ack timeouts (all windows)",
-            c["disconnects"] + c["timeouts"] + sc["disconnects"] + sc["timeouts"],
-            a["disconnects"] + a["timeouts"] + sa["disconnects"] + sa["timeouts"], "0",
-            c["disconnects"] + c["timeouts"] + sc["disconnects"] + sc["timeouts"] == 0),
+        row("disconnects + ack timeouts", errors["client"], errors["any"], "0",
+            errors["client"] == 0),
     ]
     return out
-
