@@ -43,6 +43,7 @@ log = logging.getLogger("camstream.display")
 FRAME_HWM = 8           # frames a display may hold unread; the proxy drops the rest for it
 EVENT_HWM = 10000       # join/leave are tiny and must not be lost with the frames
 MAX_DRAIN = 10000       # messages read per turn at most, so the windows stay responsive
+STALL = 1.0             # a turn this late means the display itself was stopped
 TURN = 0.02             # seconds between turns when nothing arrives (Qt needs its events)
 SNAPSHOT_EVERY = 1.0    # seconds between snapshot writes
 RECENT_RAW = 16         # raw frames kept per client to pair with a worker's result
@@ -258,8 +259,14 @@ class Display:
         self.detached = True
 
     def run(self) -> None:
+        last_turn = time.monotonic()
         while not self.detached:
             self.poller.poll(TURN * 1000)
+            now = time.monotonic()
+            if now - last_turn > STALL:  # we were stopped (SIGSTOP, a suspended machine):
+                for stream in self.streams.values():  # not the clients' silence, ours
+                    stream.last_arrival += now - last_turn
+            last_turn = now
             self.read_events()
             self.read_frames()
             self.read_events()  # a leave that came while draining frames wins over them

@@ -213,6 +213,7 @@ def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, stre
         print(p.log.read())
         raise
     assert p.poll() is None
+    assert screen.windows("dee") == [wid]  # its own stop was not taken for the client's silence
 
 
 def test_a_leaving_client_closes_only_its_window(daemon, clients, streamers, displays,

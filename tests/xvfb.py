@@ -37,7 +37,10 @@ class Screen:
 
     def screenshot(self, window: str) -> np.ndarray | None:
         """The window's pixels as a BGR image (None if it vanished meanwhile)."""
-        out = self.run("import", "-window", window, "png:-")
+        try:  # on a window id that is gone, import waits for a click instead
+            out = self.run("import", "-window", window, "png:-", timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
         if out.returncode or not out.stdout:
             return None
         return cv2.imdecode(np.frombuffer(out.stdout, np.uint8), cv2.IMREAD_COLOR)
