@@ -352,10 +352,34 @@ class Display:
 
 # -- the sinks ----------------------------------------------------------------------------------
 
+def hand_x_events_to_qt() -> None:
+    """Make Xlib leave the X events to Qt, as Qt asks it to; call before the first window.
+
+    OpenCV's wheel bundles its own libX11-xcb, built from an older libX11 than the system's
+    libX11 it runs with, and the two disagree on where Xlib keeps its event-queue owner: Qt's
+    ``XSetEventQueueOwner(dpy, XCBOwnsEventQueue)`` writes beside it (offset 0x40 for 0x48
+    with libX11 1.8), so Xlib still thinks it owns the queue. Each Xlib call Qt then makes
+    (its ``XFlush`` after every batch of events, ``XSetTextProperty`` for a title) pulls
+    whatever X has sent but Qt's reader thread has not yet read into Xlib's own queue, which
+    nobody reads. Under CPU load that catches a new window's MapNotify: Qt never counts the
+    window as shown and never paints it (a black window that stays black), and it can as
+    well swallow a "q", an expose or a close. Loading the system's libX11-xcb globally first
+    binds Qt to the copy that matches the libX11 in use.
+    """
+    path = ctypes.util.find_library("X11-xcb")
+    if path is None:
+        return
+    try:
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+    except OSError as e:
+        log.debug("could not load %s: %s", path, e)
+
+
 class Windows:
     """One resizable OpenCV window per client, titled with the client's name."""
 
     def __init__(self) -> None:
+        hand_x_events_to_qt()
         self.open: set[str] = set()
         self.placed = 0                 # where the next new window goes: a cursor over
         self.x = self.y = self.row_height = 0   # rows of three, back to the top after six

@@ -172,6 +172,21 @@ def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, stre
     streamer = streamers(clients(daemon.url, "dee"), frame, fps=fps)
     p = displays(env=screen.env)
     wid = window(screen, "dee")
+
+    def fresh():
+        shot = screen.screenshot(wid)
+        now = time.monotonic()
+        if shot is None or shot.min() == shot.max():  # matches nothing: say so, not "frame 1"
+            print("the window is", "gone" if shot is None else f"blank ({shot.max()})")
+            return False
+        recent = [n for n, t in list(streamer.sent.items()) if now - t < 6]
+        scores = {n: match(shot, decoded(frames[n])) for n in recent if n in frames}
+        shown = max(scores, key=scores.get)
+        print(f"shown {shown} score {scores[shown]:.2f} sent {now - streamer.sent[shown]:.2f}"
+              f" s ago, newest {max(streamer.sent)}")
+        return scores[shown] > 0.9 and now - streamer.sent[shown] < 1.0 and shown
+    # the live picture first: what follows the stop must be told from a window never painted
+    wait_for(fresh, 15, interval=0.3, what="the window to show the stream before the stop")
     ingest = daemon.child("ingest")
     hub = psutil.Process(daemon.proc.pid)  # the supervisor hosts the bus proxy
     procs = {"ingest": ingest, "supervisor": hub}
@@ -197,15 +212,6 @@ def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, stre
         growth = (np.median(frozen[who]) - np.median(live[who])) / 2 ** 20
         assert growth < 20, f"{who} grew {growth:.1f} MB while the display was frozen"
 
-    def fresh():
-        shot = screen.screenshot(wid)
-        now = time.monotonic()
-        recent = [n for n, t in list(streamer.sent.items()) if now - t < 6]
-        scores = {n: match(shot, decoded(frames[n])) for n in recent if n in frames}
-        shown = max(scores, key=scores.get)
-        print(f"shown {shown} score {scores[shown]:.2f} sent {now - streamer.sent[shown]:.2f}"
-              f" s ago, newest {max(streamer.sent)}")
-        return scores[shown] > 0.9 and now - streamer.sent[shown] < 1.0 and shown
     try:
         wait_for(fresh, 5, interval=0.3, what="the display to show a frame under a second old")
     except AssertionError:
