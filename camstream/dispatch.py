@@ -14,6 +14,7 @@ Every accepted frame is also published on the bus for displays and taps (PUB nev
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable
 
@@ -25,31 +26,36 @@ from camstream import wire
 from camstream.routing import Router
 from camstream.stats import ClientCounts
 
+log = logging.getLogger("camstream.ingest")
+
 
 class Mailbox:
-    __slots__ = ("frames", "counts", "client", "topic", "closed")
+    """One connection's frames waiting for a worker. Lanes hold the mailbox itself, not its
+    session id: a connection that logs in again gets a new one while the old one drains."""
+    __slots__ = ("frames", "counts", "session", "client", "topic", "closed")
 
-    def __init__(self, counts: ClientCounts, client: str) -> None:
+    def __init__(self, session: str, counts: ClientCounts, client: str) -> None:
         self.frames: collections.deque = collections.deque()
         self.counts = counts
+        self.session = session
         self.client = client
         self.topic = wire.topic(wire.RAW, client)
         self.closed = False
 
 
 class Lane:
-    """A PUSH socket and, in round-robin order, the sessions whose next frame goes into it."""
+    """A PUSH socket and, in round-robin order, the mailboxes whose next frame goes into it."""
     __slots__ = ("push", "worker", "ready", "wakeup", "in_hand")
 
     def __init__(self, push: zmq.Socket, worker: int | None = None) -> None:
         self.push = push
         self.worker = worker   # --route client: the worker index behind it
-        self.ready: collections.deque[str] = collections.deque()
+        self.ready: collections.deque[Mailbox] = collections.deque()
         self.wakeup = gevent.event.Event()
         self.in_hand = 0       # the frame being handed to the pipeline right now
 
-    def add(self, session: str) -> None:
-        self.ready.append(session)
+    def add(self, box: Mailbox) -> None:
+        self.ready.append(box)
         self.wakeup.set()
 
 
@@ -67,9 +73,9 @@ class Dispatcher:
         self.lanes: dict[int, Lane] = {}      # --route client: per worker index
         self.greenlets: list[gevent.Greenlet] = []
         self.boxes: dict[str, Mailbox] = {}
-        # a session is in exactly one lane's `ready` (or in `parked`, when no worker is alive
-        # to take its client) exactly while its mailbox holds frames
-        self.parked: set[str] = set()
+        # a mailbox is in exactly one lane's `ready` (or in `parked`, when no worker is alive
+        # to take its client) exactly while it holds frames
+        self.parked: set[Mailbox] = set()
         self.waiting = 0     # frames in mailboxes
 
     @property
@@ -82,7 +88,8 @@ class Dispatcher:
         return sum(lane.in_hand for lane in lanes)
 
     def open(self, session: str, client: str, counts: ClientCounts) -> None:
-        self.boxes[session] = Mailbox(counts, client)
+        self.close(session)  # logged in again: what the old login accepted still goes out
+        self.boxes[session] = Mailbox(session, counts, client)
 
     def close(self, session: str) -> None:
         """Forget a connection; frames it already had accepted are still dispatched."""
@@ -90,7 +97,11 @@ class Dispatcher:
         if box is not None:
             box.closed = True
             if not box.frames:
-                del self.boxes[session]
+                self.forget(box)
+
+    def forget(self, box: Mailbox) -> None:
+        if self.boxes.get(box.session) is box:
+            del self.boxes[box.session]
 
     def offer(self, session: str, header: bytes, jpeg: bytes, seq: int) -> None:
         box = self.boxes[session]
@@ -105,7 +116,7 @@ class Dispatcher:
         if self.router is not None:
             self.router.frame(box.client, time.monotonic())
         if was_empty:
-            self.enqueue(session, box)
+            self.enqueue(box)
 
     def lane_for(self, box: Mailbox) -> Lane | None:
         if self.router is None:
@@ -113,62 +124,69 @@ class Dispatcher:
         index = self.router.worker_for(box.client, time.monotonic())
         return None if index is None else self.lanes[index]
 
-    def enqueue(self, session: str, box: Mailbox) -> None:
+    def enqueue(self, box: Mailbox) -> None:
         lane = self.lane_for(box)
         if lane is None:
-            self.parked.add(session)
+            self.parked.add(box)
         else:
-            lane.add(session)
+            lane.add(box)
 
     # -- --route client: workers come and go -----------------------------------------------------
 
-    def worker_seen(self, index: int) -> None:
-        """A worker reported on the bus: give it a lane the first time, and its share of the
-        clients that were waiting for any worker at all."""
+    def worker_seen(self, index: int, stopping: bool = False) -> None:
+        """A worker reported on the bus: give it a lane the first time. Parked clients are
+        placed by :meth:`check`, once every report of the round is read (placed at the first
+        report, they would all go to the first worker)."""
         if index not in self.lanes:
-            lane = self.lanes[index] = Lane(self.worker_push(index), index)
+            try:
+                push = self.worker_push(index)
+            except zmq.ZMQError as e:  # e.g. an ipc path over the system's 107 bytes
+                log.error("worker %d gets no frames: its endpoint: %s", index, e)
+                return
+            lane = self.lanes[index] = Lane(push, index)
             self.greenlets.append(gevent.spawn(self.run, lane))
-        if self.router.worker_seen(index, time.monotonic()):
-            self.unpark()
+        self.router.worker_seen(index, time.monotonic(), stopping)
 
     def check(self) -> None:
-        """Twice a second (ingest's heartbeat): rebalance, and place parked sessions."""
+        """Twice a second (ingest's heartbeat, after the reports): rebalance, place parked
+        clients."""
         self.router.check(time.monotonic())
-        self.unpark()
-
-    def unpark(self) -> None:
-        for session in list(self.parked):
-            lane = self.lane_for(self.boxes[session])
+        for box in list(self.parked):
+            lane = self.lane_for(box)
             if lane is not None:
-                self.parked.discard(session)
-                lane.add(session)
+                self.parked.discard(box)
+                lane.add(box)
 
     # -- the lanes' greenlets --------------------------------------------------------------------
 
     def run(self, lane: Lane | None = None) -> None:
-        """A lane's greenlet (the shared lane's by default)."""
+        """A lane's greenlet (the shared lane's by default). A bug here must not stop the
+        lane: every client behind it would stall, silently."""
         lane = lane or self.shared
         while True:
             lane.wakeup.wait()
-            self.send_ready(lane)
+            try:
+                self.send_ready(lane)
+            except Exception:
+                log.exception("dispatcher: a frame could not be dispatched")
+                lane.in_hand = 0
             lane.wakeup.clear()
 
     def send_ready(self, lane: Lane | None = None) -> None:
         lane = lane or self.shared
         while lane.ready:
-            session = lane.ready.popleft()
-            box = self.boxes[session]
+            box = lane.ready.popleft()
             if self.router is not None:
                 target = self.lane_for(box)
                 if target is not lane:  # its client moved to another worker
-                    self.enqueue(session, box)
+                    self.enqueue(box)
                     continue
             header, jpeg, seq = box.frames.popleft()
             self.waiting -= 1
             if box.frames:
-                lane.ready.append(session)
+                lane.ready.append(box)
             elif box.closed:
-                del self.boxes[session]
+                self.forget(box)
             lane.in_hand = 1
             sent = self.hand_over(lane, header, jpeg)
             lane.in_hand = 0
@@ -188,8 +206,7 @@ class Dispatcher:
                 lane.push.send_multipart((header, jpeg), flags=zmq.NOBLOCK, copy=False)
                 return True
             except zmq.Again:
-                if lane.worker is not None and \
-                        not self.router.alive(lane.worker, time.monotonic()):
+                if lane.worker is not None and not self.router.alive(lane.worker):
                     return False
                 lane.push.poll(100, zmq.POLLOUT)
 

@@ -257,7 +257,8 @@ class Ingest:
                 if report.get("role") == "worker":
                     self.ledger.worker_report(report)
                     if self.dispatcher.router and not report.get("remote"):
-                        self.dispatcher.worker_seen(int(report["index"]))
+                        self.dispatcher.worker_seen(int(report["index"]),
+                                                    bool(report.get("stopping")))
                 elif report.get("role") == "supervisor" and report.get("pid") == os.getppid() \
                         and report.get("host", proc.HOST) == proc.HOST:  # a shared bus
                     self.ledger.supervisor = report

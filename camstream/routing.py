@@ -8,8 +8,9 @@ binds one PUSH per worker instead, and the :class:`Router` binds each client to 
 
 - a client is bound on its first frame to the live worker with the fewest active clients
   (ties: the lightest recent frame rate, then the lowest index), and stays there;
-- a worker that stops reporting for ``stale_s`` loses its clients to the others (a crashed
-  worker that the supervisor replaces in time keeps them: the new process has the same index);
+- a worker that stops reporting for ``stale_s`` (or says it is stopping) loses its clients to
+  the others (a crashed worker that the supervisor replaces in time keeps them: the new
+  process has the same index);
 - when the busiest worker has two clients more than the idlest (a worker was added, clients
   left), one client moves over at each check: its model starts again on the new worker;
 - a client silent for ``idle_s`` is forgotten (as the worker forgets its model).
@@ -35,6 +36,8 @@ class Router:
         self.stale_s = stale_s
         self.idle_s = idle_s
         self.seen: dict[int, float] = {}      # worker index -> when it last reported
+        self.last_read = 0.0                  # when ingest last read the reports
+        self.stopping: set[int] = set()       # workers that said they are stopping
         self.owner: dict[str, int] = {}       # client -> the worker it is bound to
         self.last_frame: dict[str, float] = {}
         self.frames: dict[str, int] = {}      # since the last check
@@ -44,17 +47,24 @@ class Router:
 
     # -- workers ---------------------------------------------------------------------------------
 
-    def alive(self, index: int, now: float) -> bool:
-        return now - self.seen.get(index, -1e9) < self.stale_s
+    def alive(self, index: int) -> bool:
+        """Judged at the last time ingest read the reports, not now: an ingest that was
+        itself stopped (SIGSTOP, a suspended machine) must not find every worker dead."""
+        return self.last_read - self.seen.get(index, -1e9) < self.stale_s
 
-    def live(self, now: float) -> list[int]:
-        return sorted(i for i in self.seen if self.alive(i, now))
+    def live(self) -> list[int]:
+        return sorted(i for i in self.seen if self.alive(i))
 
-    def worker_seen(self, index: int, now: float) -> bool:
-        """A worker reported; True when it was not alive before (new, or back)."""
-        back = not self.alive(index, now)
-        self.seen[index] = now
-        return back
+    def worker_seen(self, index: int, now: float, stopping: bool = False) -> None:
+        """A worker reported. One that is stopping (SIGTTOU, drain) takes no more clients:
+        it would never go idle enough to finish."""
+        self.last_read = max(self.last_read, now)
+        if stopping:
+            self.seen.pop(index, None)
+            self.stopping.add(index)
+        else:
+            self.seen[index] = now
+            self.stopping.discard(index)
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -66,9 +76,9 @@ class Router:
         """The worker ``client``'s frames go to, binding it if need be; None while no worker
         is alive."""
         owner = self.owner.get(client)
-        if owner is not None and self.alive(owner, now):
+        if owner is not None and self.alive(owner):
             return owner
-        live = self.live(now)
+        live = self.live()
         if not live:
             return None
         clients, load = self.loads(now)
@@ -78,13 +88,13 @@ class Router:
             log.info("client %r -> worker %d", client, best)
         else:
             self.moves += 1
-            log.warning("client %r -> worker %d (worker %d stopped reporting)", client, best,
-                        owner)
+            log.warning("client %r -> worker %d (worker %d %s)", client, best, owner,
+                        "is stopping" if owner in self.stopping else "stopped reporting")
         return best
 
     def loads(self, now: float) -> tuple[dict[int, int], dict[int, float]]:
         """Per live worker: its active clients, and their summed frame rates."""
-        clients = dict.fromkeys(self.live(now), 0)
+        clients = dict.fromkeys(self.live(), 0)
         load = dict.fromkeys(clients, 0.0)
         for client, index in self.owner.items():
             if index in clients and now - self.last_frame.get(client, -1e9) < ACTIVE_S:
@@ -93,8 +103,10 @@ class Router:
         return clients, load
 
     def check(self, now: float) -> None:
-        """Twice a second: update the rates, forget idle clients, move one client from the
-        busiest worker to the idlest when they differ by two clients or more."""
+        """Twice a second, after reading the reports: update the rates, forget idle clients,
+        move one client from the busiest worker to the idlest when they differ by two clients
+        or more."""
+        self.last_read = max(self.last_read, now)
         elapsed = now - self.last_check
         if self.last_check and elapsed > 0:
             for client in self.owner:

@@ -27,7 +27,7 @@ def test_newest_frame_wins_and_the_session_is_queued_once():
     dispatcher.open("s1", "alice", counts)
     for n in range(3):
         dispatcher.offer("s1", b"h%d" % n, b"jpeg", n + 1)
-    assert list(dispatcher.ready) == ["s1"]
+    assert [box.session for box in dispatcher.ready] == ["s1"]
     assert counts.dropped == 2 and dispatcher.waiting == 1
     dispatcher.send_ready()
     assert pull.recv_multipart() == [b"h2", b"jpeg"]
@@ -58,4 +58,20 @@ def test_a_closed_connections_accepted_frame_is_still_dispatched():
     dispatcher.send_ready()
     assert pull.recv_multipart() == [b"h", b"last words"]
     assert "s1" not in dispatcher.boxes
+    ctx.destroy(linger=0)
+
+
+def test_logging_in_again_keeps_the_old_logins_frames_and_the_dispatcher_alive():
+    ctx, dispatcher, pull = pipeline(hwm=1)
+    old, new = ClientCounts(), ClientCounts()
+    dispatcher.open("s1", "alice", old)
+    dispatcher.offer("s1", b"before", b"x", 1)
+    dispatcher.open("s1", "bob", new)  # the same connection logs in again, as another user
+    dispatcher.offer("s1", b"after", b"x", 1)
+    runner = gevent.spawn(dispatcher.run)
+    got = [pull.recv_multipart()[0] for _ in range(2)]
+    runner.kill()
+    assert got == [b"before", b"after"]
+    assert (old.dispatched, new.dispatched, dispatcher.waiting) == (1, 1, 0)
+    assert dispatcher.boxes["s1"].client == "bob"
     ctx.destroy(linger=0)

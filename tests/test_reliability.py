@@ -172,6 +172,32 @@ def test_routed_clients_follow_a_killed_and_a_hung_worker(daemons, streamers):
         assert row["lost"] <= 12, row  # what the killed or hung worker held of this client
 
 
+def test_routed_clients_spread_to_an_added_worker_and_leave_a_retiring_one(daemons,
+                                                                             streamers):
+    """--route client with SIGTTIN/SIGTTOU while 4 clients stream: a new worker takes its share
+    of the clients; a retiring one gives them back and exits though they never stop."""
+    d = daemons("--route", "client", workers=2)
+    names = ["t1", "t2", "t3", "t4"]
+    for n in names:
+        streamers(d.url, n, fps=10)
+
+    def owners():
+        rows = d.health()["clients"]
+        return sorted(rows[n]["worker"] for n in names if "worker" in rows.get(n, {}))
+    wait_for(lambda: owners() == [1, 1, 2, 2], 20, what="clients on workers 1 and 2")
+    d.proc.send_signal(signal.SIGTTIN)
+    wait_for(lambda: set(owners()) == {1, 2, 3}, 20, what="worker 3 to get a client")
+    retiring = wait_for(lambda: d.child("worker 3"), 10, what="worker 3")
+    d.proc.send_signal(signal.SIGTTOU)
+    wait_for(lambda: not retiring.is_running() or retiring.status() == "zombie", 15,
+             what="worker 3 to finish while its client streams on")
+    assert "(worker 3 is stopping)" in d.output()
+    assert set(owners()) == {1, 2} and len(owners()) == 4
+    start = {n: d.health()["clients"][n]["processed"] for n in names}
+    wait_for(lambda: all(d.health()["clients"][n]["processed"] > start[n] + 5 for n in names),
+             15, what="every client processed on the two workers left")
+
+
 def test_sigterm_drains_every_accepted_frame(daemons, tmp_path):
     d = daemons("--stop-timeout", "10", "--max-fps", "10000", workers=2)
     ctx = zmq.Context()

@@ -90,6 +90,40 @@ def test_no_live_worker_means_no_binding_and_idle_clients_are_forgotten():
     assert "a" not in r.owner
 
 
+def test_a_stopping_worker_takes_no_clients_and_loses_its_own():
+    r = router_with(1, 2)
+    owners = bind(r, ["a", "b"], 100.0)
+    retiring = owners["a"]
+    r.worker_seen(retiring, 100.5, stopping=True)  # SIGTTOU: it drains, and says so
+    assert r.worker_for("a", 100.5) != retiring
+    assert r.worker_for("c", 100.5) != retiring
+
+
+def test_staleness_is_judged_when_reports_are_read_not_by_the_clock():
+    r = router_with(1, 2)
+    bind(r, ["a", "b"], 100.0)
+    # ingest itself was stopped for 10 s: before it reads the reports, nobody is stale
+    assert r.worker_for("a", 110.0) == r.owner["a"] and r.moves == 0
+    r.worker_seen(1, 110.0)  # then it reads: worker 2 said nothing for 10 s
+    assert r.live() == [1]
+
+
+def test_parked_clients_spread_once_the_round_of_reports_is_read():
+    pool = Pool()
+    try:
+        for name in ("a", "b", "c", "d"):
+            pool.dispatcher.open(name, name, ClientCounts())
+            pool.dispatcher.offer(name, b"h", b"x", 1)
+        assert len(pool.dispatcher.parked) == 4
+        pool.worker(1)
+        pool.worker(2)
+        pool.dispatcher.check()
+        assert not pool.dispatcher.parked
+        assert sorted(pool.router.owner.values()) == [1, 1, 2, 2]
+    finally:
+        pool.close()
+
+
 # -- the dispatcher's lanes, over real sockets ----------------------------------------------------
 
 class Pool:
@@ -186,8 +220,9 @@ def test_frames_wait_for_a_worker_and_follow_their_client_when_one_dies():
         counts = ClientCounts()
         pool.dispatcher.open("s", "cam", counts)
         pool.dispatcher.offer("s", b"early", b"x", 1)  # no worker yet: parked
-        assert pool.dispatcher.parked == {"s"}
+        assert {box.session for box in pool.dispatcher.parked} == {"s"}
         first = pool.worker(1)
+        pool.dispatcher.check()  # the heartbeat places parked clients, after the reports
         assert first.poll(1000) and first.recv_multipart()[0] == b"early"
         # worker 1 stops reporting: after stale_s its client goes to worker 2
         second = pool.worker(2)

@@ -153,7 +153,7 @@ class Worker:
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
-             "host": HOST, "remote": self.remote, "clients": clients,
+             "host": HOST, "remote": self.remote, "stopping": self.stopping, "clients": clients,
              "done": {name: seqs for name, seqs in self.finished.items() if seqs}}))
         for seqs in self.finished.values():
             seqs.clear()
@@ -189,7 +189,8 @@ def serve(config, index: int, source: str) -> int:
     worker = Worker(config, index, ctx)
 
     def stop(signum, frame):
-        worker.stopping = True
+        worker.stopping = True  # said in the next stats: with --route client, ingest then
+        # sends it no more (a worker fed to the end would never go idle enough to stop)
     signal.signal(signal.SIGTERM, stop)
     if config.tcp_side == "connect":
         signal.signal(signal.SIGINT, stop)
