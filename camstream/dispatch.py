@@ -71,6 +71,7 @@ class Dispatcher:
         self.worker_push = worker_push
         self.shared = Lane(frames_push) if frames_push is not None else None
         self.lanes: dict[int, Lane] = {}      # --route client: per worker index
+        self.unbound: set[int] = set()        # workers whose endpoint could not be bound
         self.greenlets: list[gevent.Greenlet] = []
         self.boxes: dict[str, Mailbox] = {}
         # a mailbox is in exactly one lane's `ready` (or in `parked`, when no worker is alive
@@ -137,11 +138,14 @@ class Dispatcher:
         """A worker reported on the bus: give it a lane the first time. Parked clients are
         placed by :meth:`check`, once every report of the round is read (placed at the first
         report, they would all go to the first worker)."""
+        if index in self.unbound:
+            return
         if index not in self.lanes:
             try:
                 push = self.worker_push(index)
             except zmq.ZMQError as e:  # e.g. an ipc path over the system's 107 bytes
                 log.error("worker %d gets no frames: its endpoint: %s", index, e)
+                self.unbound.add(index)
                 return
             lane = self.lanes[index] = Lane(push, index)
             self.greenlets.append(gevent.spawn(self.run, lane))
@@ -168,8 +172,9 @@ class Dispatcher:
             try:
                 self.send_ready(lane)
             except Exception:
-                log.exception("dispatcher: a frame could not be dispatched")
-                lane.in_hand = 0
+                log.exception("dispatcher: a frame could not be dispatched (counted as dropped)")
+                gevent.sleep(0.1)  # then go on with the mailboxes still waiting
+                continue
             lane.wakeup.clear()
 
     def send_ready(self, lane: Lane | None = None) -> None:
@@ -188,13 +193,16 @@ class Dispatcher:
             elif box.closed:
                 self.forget(box)
             lane.in_hand = 1
-            sent = self.hand_over(lane, header, jpeg)
-            lane.in_hand = 0
-            if sent:
-                box.counts.dispatched += 1
-                box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
-            else:
-                box.counts.dropped += 1
+            sent = False
+            try:
+                sent = self.hand_over(lane, header, jpeg)
+            finally:  # every frame ends in a counter, even on an error
+                lane.in_hand = 0
+                if sent:
+                    box.counts.dispatched += 1
+                    box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
+                else:
+                    box.counts.dropped += 1
 
     def hand_over(self, lane: Lane, header: bytes, jpeg: bytes) -> bool:
         """Send to the lane's pipeline, parking this greenlet while it is full. The wait

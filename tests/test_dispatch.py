@@ -75,3 +75,29 @@ def test_logging_in_again_keeps_the_old_logins_frames_and_the_dispatcher_alive()
     assert (old.dispatched, new.dispatched, dispatcher.waiting) == (1, 1, 0)
     assert dispatcher.boxes["s1"].client == "bob"
     ctx.destroy(linger=0)
+
+
+def test_a_lane_survives_an_unexpected_error_and_goes_on():
+    ctx, dispatcher, pull = pipeline()
+    real = dispatcher.hand_over
+    calls = []
+
+    def flaky(lane, header, jpeg):  # a bug in the dispatcher, once
+        calls.append(header)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(lane, header, jpeg)
+    dispatcher.hand_over = flaky
+    counts = {}
+    for name in ("a", "b"):
+        counts[name] = ClientCounts()
+        dispatcher.open(name, name, counts[name])
+        dispatcher.offer(name, name.encode(), b"x", 1)
+    runner = gevent.spawn(dispatcher.run)
+    assert pull.poll(2000) and pull.recv_multipart()[0] == b"b"  # the one after the error
+    assert not runner.dead and dispatcher.in_hand == 0
+    assert (counts["a"].dropped, counts["a"].dispatched, dispatcher.waiting) == (1, 0, 0)
+    dispatcher.offer("a", b"a2", b"x", 2)
+    assert pull.poll(2000) and pull.recv_multipart()[0] == b"a2"
+    runner.kill()
+    ctx.destroy(linger=0)
