@@ -367,9 +367,10 @@ class BusTap:
             if not poller.poll(100):
                 continue
             parts = self.sub.recv_multipart()
-            h = wire.Header.unpack(parts[1])
-            done = json.loads(parts[2])["done_ns"]
-            self.records.append((h.client, h.seq, h.recv_ns, done))
+            self.record(wire.Header.unpack(parts[1]), json.loads(parts[2]))
+
+    def record(self, h: wire.Header, result: dict) -> None:
+        self.records.append((h.client, h.seq, h.recv_ns, result["done_ns"]))
 
     def between(self, t0_ns: int, t1_ns: int) -> list[tuple[str, int, int, int]]:
         return [r for r in self.records if t0_ns <= r[3] < t1_ns]

@@ -23,13 +23,11 @@ comes from.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections import Counter, defaultdict
 
 import psutil
 import requests
-import zmq
 
 from benchmarks.common import BusTap, Clients, Daemon, ratio, summary_stats
 from benchmarks.suite import Run, row, sum_key
@@ -43,17 +41,9 @@ class WorkerTap(BusTap):
     """BusTap that also keeps which worker processed each frame (the result's ``worker``):
     records are (client, seq, recv_ns, done_ns, worker)."""
 
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
-        while not self._stop.is_set():
-            if not poller.poll(100):
-                continue
-            parts = self.sub.recv_multipart()
-            h = wire.Header.unpack(parts[1])
-            result = json.loads(parts[2])
-            self.records.append((h.client, h.seq, h.recv_ns, result["done_ns"],
-                                 result.get("worker", -1)))
+    def record(self, h: wire.Header, result: dict) -> None:
+        self.records.append((h.client, h.seq, h.recv_ns, result["done_ns"],
+                             result.get("worker", -1)))
 
 
 def _workers(d: Daemon) -> list[psutil.Process]:

@@ -180,6 +180,18 @@ def stream_in_rounds(conns: dict, tap: Tap, frames: list[bytes]) -> dict[str, se
     return want
 
 
+def four_moving_cameras(d, clients, taps) -> tuple[list[str], dict[str, set[int]], list]:
+    """Four clients stream a moving square into ``d`` in rounds; their names, the seqs each
+    sent, and the tap's lines for them."""
+    names = ["cam1", "cam2", "cam3", "cam4"]
+    conns = {n: clients(d.url, n) for n in names}
+    tap = taps(d.runtime_dir)
+    attach(tap, conns["cam1"], "cam1")
+    start = len(tap.lines)
+    want = stream_in_rounds(conns, tap, square_frames(30))
+    return names, want, tap.lines[start:]
+
+
 def write_module(tmp_path: Path, name: str, code: str) -> dict:
     (tmp_path / "mods").mkdir(exist_ok=True)
     (tmp_path / "mods" / f"{name}.py").write_text(code)
@@ -415,18 +427,12 @@ def test_faces_in_the_daemon(daemons, clients, taps):
 
 
 def test_motion_routes_each_client_to_one_worker_in_order(daemons, clients, taps):
-    """3 workers, 4 clients: each client's frames all reach one worker, in order, and every
-    worker has clients (2/1/1). Gaps are only the frames dropped on the way."""
+    """3 workers, 4 clients: each client's frames all reach one worker, complete, in order
+    and without gaps, and every worker has clients (2/1/1)."""
     d = daemons("--processor", "motion", workers=3)
     wait_for(lambda: "routing each client's frames to one worker" in d.output(), 30,
              what="the routing line in the log")
-    names = ["cam1", "cam2", "cam3", "cam4"]
-    conns = {n: clients(d.url, n) for n in names}
-    tap = taps(d.runtime_dir)
-    attach(tap, conns["cam1"], "cam1")
-    start = len(tap.lines)
-    want = stream_in_rounds(conns, tap, square_frames(30))
-    lines = tap.lines[start:]
+    names, want, lines = four_moving_cameras(d, clients, taps)
     owner = {}
     for n in names:
         mine = [x for x in lines if x["client"] == n and x["seq"] in want[n]]
@@ -448,13 +454,7 @@ def test_motion_without_routing_keeps_order_per_worker_and_counts_gaps(daemons, 
     """--route any (what remote workers and pools get): frames dealt round-robin; each
     worker's model still sees its share in order, and the gaps add up."""
     d = daemons("--processor", "motion", "--route", "any", workers=3)
-    names = ["cam1", "cam2", "cam3", "cam4"]
-    conns = {n: clients(d.url, n) for n in names}
-    tap = taps(d.runtime_dir)
-    attach(tap, conns["cam1"], "cam1")
-    start = len(tap.lines)
-    want = stream_in_rounds(conns, tap, square_frames(30))
-    lines = tap.lines[start:]
+    names, want, lines = four_moving_cameras(d, clients, taps)
     for n in names:
         mine = [x for x in lines if x["client"] == n and x["seq"] in want[n]]
         by_worker: dict[int, list] = {}
