@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Installs the real socket.io clients the tests drive (tests/js: socket.io-client 2.x, the
-# Android app's protocol revision, and 4.x) unless they are there already. Needs Node and npm.
+# Android app's protocol revision, and 4.x) unless they are there already, with Node and npm
+# from Debian's packages when they are missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive  # apt-get never asks (CI has no terminal)
 js="$(cd "$(dirname "$0")" && pwd)/js"
+if ! command -v npm >/dev/null; then  # a fresh Debian machine has no Node
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nodejs
+        command -v npm >/dev/null || apt-get install -y -qq npm  # NodeSource's nodejs has it
+    else
+        echo "tests/setup.sh: the legacy-protocol tests need Node and npm" \
+             "(as root: apt-get install -y nodejs npm)" >&2
+        exit 1
+    fi
+fi
 if [ ! -d "$js/node_modules" ]; then
     if [ -f "$js/package-lock.json" ]; then
         npm ci --prefix "$js" --silent --no-audit --no-fund
