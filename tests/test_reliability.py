@@ -191,8 +191,11 @@ def test_routed_clients_spread_to_an_added_worker_and_leave_a_retiring_one(daemo
     d.proc.send_signal(signal.SIGTTOU)
     wait_for(lambda: not retiring.is_running() or retiring.status() == "zombie", 15,
              what="worker 3 to finish while its client streams on")
-    assert "(worker 3 is stopping)" in d.output()
-    assert set(owners()) == {1, 2} and len(owners()) == 4
+    # its client moves on its next frame after ingest reads the worker's last report
+    wait_for(lambda: "(worker 3 is stopping)" in d.output(), 10,
+             what="ingest to move worker 3's client, saying why")
+    wait_for(lambda: set(owners()) == {1, 2} and len(owners()) == 4, 10,
+             what="the four clients on workers 1 and 2")
     start = {n: d.health()["clients"][n]["processed"] for n in names}
     wait_for(lambda: all(d.health()["clients"][n]["processed"] > start[n] + 5 for n in names),
              15, what="every client processed on the two workers left")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import requests
@@ -249,8 +251,28 @@ def make_cert(tmp_path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+def connect_wss(clients, url: str, caplog) -> socketio.Client:
+    """A wss client, with up to two more tries, each failure a warning with the client's own
+    engine.io log. Two full CI runs out of many failed one connect here with "Unexpected
+    connection error" (the engine.io connection closed before the namespace was joined), which
+    300 connects in a row under full CPU load did not reproduce; the client reads and writes
+    one TLS socket from two threads, which OpenSSL does not promise to support."""
+    caplog.set_level(logging.INFO, logger="tls-client")
+    client_log = logging.getLogger("tls-client")
+    for attempt in range(3):
+        caplog.clear()
+        try:
+            return clients(url, "tls", ssl_verify=False, engineio_logger=client_log,
+                           logger=client_log)
+        except socketio.exceptions.ConnectionError as e:
+            trail = "; ".join(r.getMessage()[:200] for r in caplog.records)
+            warnings.warn(f"wss connect {attempt + 1} of 3 failed: {e} (client log: {trail})",
+                          stacklevel=2)
+    pytest.fail("no wss connection in 3 tries (see the warnings)")
+
+
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_path):
+def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_path, caplog):
     """With --certfile/--keyfile the port speaks only TLS: frames over wss are processed,
     /healthz answers over https, plain http gets nothing."""
     cert, key = make_cert(tmp_path)
@@ -262,7 +284,7 @@ def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_p
         assert d.proc.poll() is None, d.output()
         return requests.get(https + "/healthz", verify=False, timeout=2).json()
     wait_for(lambda: health()["workers"]["alive"] >= 1, 30, what="the TLS daemon ready")
-    sio = clients(https, "tls", ssl_verify=False)
+    sio = connect_wss(clients, https, caplog)
     for i in range(5):
         assert sio.call("frame", ({}, make_jpeg(seed=i)), timeout=10)["accepted"] is True
     wait_for(lambda: health()["clients"]["tls"]["processed"] == 5, 10,

@@ -90,10 +90,12 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.frames_pull, zmq.POLLIN)
         next_stats = 0.0
+        said_stopping = False
         while True:
             now = time.monotonic()
-            if now >= next_stats:
-                self.publish_stats()
+            if now >= next_stats or self.stopping != said_stopping:
+                self.publish_stats()  # at once on SIGTERM: ingest stops routing to us sooner
+                said_stopping = self.stopping
                 next_stats = now + STATS_INTERVAL
             timeout = DRAIN_IDLE_MS if self.stopping else int(STATS_INTERVAL * 1000)
             if not poller.poll(timeout):
