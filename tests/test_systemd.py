@@ -241,6 +241,7 @@ def test_ttin_and_ttou_change_the_worker_count(daemons):
              what="1 worker")
     wait_for(lambda: d.child("worker 2") is None, 10, what="worker 2 to exit")
     d.proc.send_signal(signal.SIGTTOU)  # the last worker stays
-    time.sleep(1)
-    assert d.health()["workers"]["alive"] == 1 and "keeping the last worker" in d.output()
+    wait_for(lambda: "keeping the last worker" in d.output(), 10, what="the refusal logged")
+    time.sleep(0.5)
+    assert d.health()["workers"]["alive"] == 1
     assert os.path.exists(d.runtime_dir)
