@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,29 @@ import socketio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(span: int = 1) -> int:
+    """A port P such that P .. P+span-1 are free on 127.0.0.1 (``--worker-endpoint`` takes P
+    and the bus the next two). Drawn below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) is also a source port for any outgoing connection, which can take it
+    between this check and the daemon's bind ("Address already in use", seen in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = _PORTS.randrange(10000, low - span)
+        socks = []
+        try:
+            for p in range(port, port + span):
+                socks.append(socket.socket())
+                socks[-1].bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {span} free consecutive ports below {low}")
+
+
+_PORTS = random.Random(os.getpid())
 
 
 def make_jpeg(width: int = 320, height: int = 240, quality: int = 80, seed: int = 0) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from camstream import bus, wire
+from workers.worker import STATS_INTERVAL
 from conftest import free_port, make_jpeg, wait_for
 from streaming import Streamer
 
@@ -76,9 +77,13 @@ def test_worker_killed_20_times(daemons, streamers):
             [ln for ln in d.output().splitlines() if "ingest" in ln or "Error" in ln
              or "raceback" in ln or "File" in ln][-40:]
         lost += row["lost"]
-    # at most what each killed worker held: its queue (2), what sat in the socket buffers, the
-    # frame in hand, and what it processed in its last quarter second but had not reported
-    assert lost <= 20 * 12, lost
+    # On average per kill, what the killed worker held: what its pipe holds (at most 9 of
+    # these 13 KB frames, both high-water marks and ZeroMQ's batching together: measured), the
+    # frame in hand, and what it processed since its last report (half a stats interval, on
+    # average, at its share of the 75 fps). The mean, not the worst case, so that the bound
+    # still bites: lost was 129-221 in four runs here, the bound is 294.
+    per_kill = 9 + 1 + 75 / 2 * STATS_INTERVAL / 2
+    assert lost <= 20 * per_kill, lost
     assert h["totals"]["lost"] == lost
 
 

@@ -113,7 +113,7 @@ def settled(d: Daemon, name: str) -> dict:
 
 def test_remote_worker_takes_frames_and_reports_its_host(servers, procs, clients, tmp_path):
     keys = make_keys(tmp_path / "keys")
-    port = free_port()
+    port = free_port(3)
     d = servers("--worker-endpoint", f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys))
     w = procs("remote-worker", *worker_argv(port, keys))
     remote = wait_for(lambda: d.health()["workers"].get("remote"), 30,
@@ -145,7 +145,7 @@ def test_a_worker_without_an_allowed_key_gets_nothing(servers, procs, clients, t
     keys = make_keys(tmp_path / "keys")
     stranger = make_keys(tmp_path / "stranger")  # a pair of its own, unknown to the server
     shutil.copyfile(keys / "server.key", stranger / "server.key")  # knows the server's key
-    port = free_port()
+    port = free_port(3)
     d = servers("--worker-endpoint", f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys))
     w = procs("stranger", *worker_argv(port, stranger))
     # and a plain ZeroMQ PULL without CURVE at all
@@ -169,7 +169,7 @@ def test_a_worker_without_an_allowed_key_gets_nothing(servers, procs, clients, t
 
 def test_sigkilled_remote_worker_loses_at_most_what_it_held(servers, procs, tmp_path):
     keys = make_keys(tmp_path / "keys")
-    port = free_port()
+    port = free_port(3)
     d = servers("--worker-endpoint", f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys))
     w = procs("victim", *worker_argv(port, keys))
     wait_for(lambda: d.health()["workers"].get("remote"), 30, what="the remote worker")
@@ -273,9 +273,7 @@ def test_nginx_spreads_eight_clients_over_two_ingest_nodes_and_one_pool(
         servers, procs, tmp_path, jpeg_file):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     keys = make_keys(tmp_path / "keys")
-    pool_port = free_port()
-    while free_port() in (pool_port + 1, pool_port + 2):  # the bus takes the next two ports
-        pool_port = free_port()
+    pool_port = free_port(3)  # the bus takes the next two ports
     pool = procs("pool", PY, "-m", "camstream", "pool", "-w", "2", "--worker-endpoint",
                  f"tcp://127.0.0.1:{pool_port}", "--curve-keys", str(keys),
                  "--runtime-dir", str(tmp_path / "pool-run"))
