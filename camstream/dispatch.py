@@ -75,8 +75,8 @@ class Dispatcher:
         self.greenlets: list[gevent.Greenlet] = []
         self.boxes: dict[str, Mailbox] = {}
         # a mailbox is in exactly one lane's `ready` (or in `parked`, when no worker is alive
-        # to take its client) exactly while it holds frames
-        self.parked: set[Mailbox] = set()
+        # to take its client) exactly while it holds frames; parked in order of arrival
+        self.parked: dict[Mailbox, None] = {}
         self.waiting = 0     # frames in mailboxes
 
     @property
@@ -93,10 +93,17 @@ class Dispatcher:
         self.boxes[session] = Mailbox(session, counts, client)
 
     def close(self, session: str) -> None:
-        """Forget a connection; frames it already had accepted are still dispatched."""
+        """Forget a connection; frames it already had accepted are still dispatched, unless
+        no worker is alive to take them (parked): they are dropped, or a client reconnecting
+        while the pool is down would leave a mailbox behind each time."""
         box = self.boxes.get(session)
         if box is not None:
             box.closed = True
+            if box in self.parked:
+                del self.parked[box]
+                box.counts.dropped += len(box.frames)
+                self.waiting -= len(box.frames)
+                box.frames.clear()
             if not box.frames:
                 self.forget(box)
 
@@ -126,9 +133,11 @@ class Dispatcher:
         return None if index is None else self.lanes[index]
 
     def enqueue(self, box: Mailbox) -> None:
-        lane = self.lane_for(box)
+        self.place(box, self.lane_for(box))
+
+    def place(self, box: Mailbox, lane: Lane | None) -> None:
         if lane is None:
-            self.parked.add(box)
+            self.parked[box] = None
         else:
             lane.add(box)
 
@@ -158,7 +167,7 @@ class Dispatcher:
         for box in list(self.parked):
             lane = self.lane_for(box)
             if lane is not None:
-                self.parked.discard(box)
+                del self.parked[box]
                 lane.add(box)
 
     # -- the lanes' greenlets --------------------------------------------------------------------
@@ -180,35 +189,51 @@ class Dispatcher:
     def send_ready(self, lane: Lane | None = None) -> None:
         lane = lane or self.shared
         while lane.ready:
-            box = lane.ready.popleft()
+            box = lane.ready[0]  # taken off only once it is placed: an error loses no mailbox
             if self.router is not None:
                 target = self.lane_for(box)
-                if target is not lane:  # its client moved to another worker
-                    self.enqueue(box)
+                if target is not lane:  # its client moved to another worker (or to none)
+                    lane.ready.popleft()
+                    self.place(box, target)
                     continue
-            header, jpeg, seq = box.frames.popleft()
+            lane.ready.popleft()
+            frame = box.frames.popleft()
             self.waiting -= 1
             if box.frames:
                 lane.ready.append(box)
             elif box.closed:
                 self.forget(box)
+            header, jpeg, seq = frame
             lane.in_hand = 1
-            sent = False
             try:
                 sent = self.hand_over(lane, header, jpeg)
-            finally:  # every frame ends in a counter, even on an error
+            except BaseException:  # every frame ends in a counter, even on an error
+                box.counts.dropped += 1
+                raise
+            finally:
                 lane.in_hand = 0
-                if sent:
-                    box.counts.dispatched += 1
-                    box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
-                else:
-                    box.counts.dropped += 1
+            if sent:
+                box.counts.dispatched += 1
+                box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
+            else:
+                self.give_back(box, frame)
+
+    def give_back(self, box: Mailbox, frame: tuple) -> None:
+        """A frame whose worker went away before taking it: first in its mailbox again, and
+        routed anew; unless a newer frame has filled the mailbox meanwhile (newest wins)."""
+        if len(box.frames) >= self.depth:
+            box.counts.dropped += 1
+            return
+        box.frames.appendleft(frame)
+        self.waiting += 1
+        if len(box.frames) == 1:  # it was in no lane while empty
+            self.enqueue(box)
 
     def hand_over(self, lane: Lane, header: bytes, jpeg: bytes) -> bool:
         """Send to the lane's pipeline, parking this greenlet while it is full. The wait
         re-checks every 100 ms: ZeroMQ signals readiness by edges, and a worker that connects
-        while we wait must not be missed. False: the lane's worker is gone (stopped reporting),
-        and the frame with it (counted as dropped)."""
+        while we wait must not be missed. False: the lane's worker is gone (stopped reporting,
+        or stopping) and the frame is still ours."""
         while True:
             try:
                 lane.push.send_multipart((header, jpeg), flags=zmq.NOBLOCK, copy=False)

@@ -234,3 +234,69 @@ def test_frames_wait_for_a_worker_and_follow_their_client_when_one_dies():
         assert counts.dispatched == 2 and counts.dropped == 0
     finally:
         pool.close()
+
+
+def test_the_frame_in_hand_follows_its_client_when_its_worker_goes():
+    """A worker that stops taking frames and then stops reporting: the frame the lane was
+    holding for it is not dropped but handed to the client's new worker."""
+    pool = Pool(hwm=1)
+    try:
+        pool.worker(1, rcvhwm=1)  # never read: its pipe fills after a frame or two
+        counts = ClientCounts()
+        pool.dispatcher.open("s", "cam", counts)
+        box = pool.dispatcher.boxes["s"]
+        for seq in range(1, 20):
+            pool.dispatcher.offer("s", b"%d" % seq, b"x", seq)
+            gevent.sleep(0.05)
+            if pool.dispatcher.in_hand and not box.frames:
+                break
+        assert pool.dispatcher.in_hand and not box.frames, "worker 1's pipe never filled"
+        held = seq
+        second = pool.worker(2)
+        pool.router.seen[1] -= 10  # worker 1 stopped reporting
+        pool.dispatcher.check()
+        assert second.poll(1000) and second.recv_multipart()[0] == b"%d" % held
+        assert pool.router.owner["cam"] == 2
+        assert counts.dropped == 0 and counts.dispatched == held
+        assert pool.dispatcher.waiting == 0 and pool.dispatcher.in_hand == 0
+    finally:
+        pool.close()
+
+
+def test_a_connection_that_closes_while_no_worker_is_alive_leaves_nothing_behind():
+    pool = Pool()
+    try:
+        counts = ClientCounts()
+        pool.dispatcher.open("s", "cam", counts)
+        pool.dispatcher.offer("s", b"h", b"x", 1)  # parked: no worker yet
+        pool.dispatcher.close("s")
+        assert not pool.dispatcher.parked and "s" not in pool.dispatcher.boxes
+        assert counts.dropped == 1 and pool.dispatcher.waiting == 0
+        pull = pool.worker(1)
+        pool.dispatcher.check()
+        assert not pull.poll(200)
+    finally:
+        pool.close()
+
+
+def test_a_routing_error_leaves_the_client_in_its_lane():
+    """A bug while choosing a client's lane: the lane's greenlet logs it and goes on, and
+    the client's frames are not stranded (its mailbox stays queued)."""
+    pool = Pool()
+    try:
+        pull = pool.worker(1)
+        counts = ClientCounts()
+        pool.dispatcher.open("s", "cam", counts)
+        real, calls = pool.router.worker_for, []
+
+        def flaky(client, now):
+            calls.append(client)
+            if len(calls) == 2:  # the lane's own check, once
+                raise RuntimeError("a bug")
+            return real(client, now)
+        pool.router.worker_for = flaky
+        pool.dispatcher.offer("s", b"h", b"x", 1)
+        assert pull.poll(2000) and pull.recv_multipart()[0] == b"h"
+        assert len(calls) >= 3 and counts.dispatched == 1 and counts.dropped == 0
+    finally:
+        pool.close()
