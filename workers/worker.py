@@ -4,8 +4,15 @@ Loop: pull ``[header, jpeg]``, ``cv2.imdecode``, run the processor (see
 :mod:`workers.processors`), publish the result (and the annotated image, JPEG-encoded, if the
 processor made one) on the bus, and hand the frame to the recorder with ``--record``; every
 quarter second publish cumulative per-client counters (they double as the worker's
-heartbeat). A frame that does not decode is counted as an error, never a crash. On SIGTERM the
-worker drains what is already queued to it, then exits.
+heartbeat). A frame that does not decode is counted as an error, never a crash.
+
+On SIGTERM the worker says it is stopping in a report at once, drains, then exits. On its own
+pipeline (``--route client``) ingest stops routing to it once it reads that report, so the
+worker waits for that (``HANDOFF_S``) and then for its pipe to run dry: nothing is lost. The
+shared pipeline deals frames to every connected worker while ingest runs (SIGTTOU): there it
+drains for at most a third of the stop timeout, and what its pipe still holds then (a few
+frames) ingest counts as lost. When the whole daemon stops, ingest has gone first, so both
+pipelines run dry at once.
 
 The same loop runs in two ways: as a child of the supervisor (``main``: config on stdin, ipc
 endpoints) and standalone on another machine (``run_standalone``, from ``camstream worker
@@ -34,7 +41,8 @@ log = logging.getLogger("camstream.worker")
 HOST = socket.gethostname()
 
 STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not yet reported
-DRAIN_IDLE_MS = 200
+DRAIN_IDLE_MS = 200    # a stopping worker's pipe has run dry when nothing came for this long
+HANDOFF_S = 1.0        # ingest reads reports every 0.5 s: then routes no more to a stopping one
 
 
 def decode(jpeg: memoryview) -> tuple[np.ndarray | None, str]:
@@ -77,6 +85,8 @@ class Worker:
             self.recorder.start()
         to = bus.reached(config)
         own = index if config.route == "client" and not self.remote else None
+        self.routed = own is not None  # its own pipeline: ingest stops feeding it when told
+        self.drain_max = config.stop_timeout / 3
         self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to,
                                            own=own)
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
@@ -86,24 +96,39 @@ class Worker:
         self.started = time.time()
         self._errors_logged: set[str] = set()
 
-    def run(self) -> None:
+    def run(self, wakeup: int | None = None) -> None:
+        """Until told to stop and drained. ``wakeup``: a file descriptor that becomes
+        readable when a signal arrives (the stop is then reported at once, not after the
+        poll's timeout)."""
         poller = zmq.Poller()
         poller.register(self.frames_pull, zmq.POLLIN)
+        if wakeup is not None:
+            poller.register(wakeup, zmq.POLLIN)
         next_stats = 0.0
-        said_stopping = False
+        told = None  # when the stop was reported
         while True:
             now = time.monotonic()
-            if now >= next_stats or self.stopping != said_stopping:
-                self.publish_stats()  # at once on SIGTERM: ingest stops routing to us sooner
-                said_stopping = self.stopping
+            if now >= next_stats or (self.stopping and told is None):
+                self.publish_stats()
                 next_stats = now + STATS_INTERVAL
-            timeout = DRAIN_IDLE_MS if self.stopping else int(STATS_INTERVAL * 1000)
-            if not poller.poll(timeout):
-                if self.stopping:
-                    break
-                continue
-            self.handle(self.frames_pull.recv_multipart(copy=False))
+                if self.stopping and told is None:
+                    told = now
+            if told is not None and self.drained(now - told, poller):
+                break
+            ready = dict(poller.poll(int(STATS_INTERVAL * 1000)))
+            if wakeup in ready:
+                os.read(wakeup, 512)
+            if self.frames_pull in ready:
+                self.handle(self.frames_pull.recv_multipart(copy=False))
         self.publish_stats()
+
+    def drained(self, since_told: float, poller: zmq.Poller) -> bool:
+        """Whether a stopping worker may exit now (see the module's docstring)."""
+        if self.routed and since_told < HANDOFF_S:
+            return False
+        if not self.routed and since_told >= self.drain_max:
+            return True
+        return not poller.poll(DRAIN_IDLE_MS)  # (a wake-up byte only delays this once)
 
     def handle(self, parts: list) -> None:
         header = Header.unpack(parts[0].buffer)
@@ -191,13 +216,16 @@ def serve(config, index: int, source: str) -> int:
     worker = Worker(config, index, ctx)
 
     def stop(signum, frame):
-        worker.stopping = True  # said in the next stats: with --route client, ingest then
-        # sends it no more (a worker fed to the end would never go idle enough to stop)
+        worker.stopping = True  # reported at once: the signal also wakes the loop's poll
     signal.signal(signal.SIGTERM, stop)
     if config.tcp_side == "connect":
         signal.signal(signal.SIGINT, stop)
+    wakeup, wakeup_w = os.pipe()
+    for fd in (wakeup, wakeup_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     log.info("pulling frames from %s", source)
-    worker.run()
+    worker.run(wakeup)
     if worker.recorder:
         worker.recorder.close(timeout=min(5.0, config.stop_timeout / 3))
     ctx.destroy(linger=500)
