@@ -468,8 +468,17 @@ def listen(ip: str, port: int) -> socket.socket:
     return sock
 
 
+IPC_PATH_MAX = 107  # bytes in an AF_UNIX socket path, on Linux (libzmq's ipc:// limit)
+
+
 def claim_runtime_dir(path: str) -> int:
     """Create the runtime directory and lock it, so two daemons never share endpoints."""
+    from camstream.bus import worker_frames
+    longest = os.path.join(path, worker_frames(9999))
+    if len(os.fsencode(longest)) > IPC_PATH_MAX:
+        raise CliError(f"runtime directory {path} is too long for ipc sockets (their paths "
+                       f"would reach {len(os.fsencode(longest))} bytes, at most "
+                       f"{IPC_PATH_MAX}): pass a shorter --runtime-dir")
     try:
         Path(path).mkdir(parents=True, exist_ok=True, mode=0o750)
         fd = os.open(os.path.join(path, "serve.lock"), os.O_RDWR | os.O_CREAT, 0o640)

@@ -264,7 +264,7 @@ class Ingest:
                     self.ledger.supervisor = report
                 elif report.get("role") == "pool":
                     self.ledger.pool = report
-            except (ValueError, KeyError, IndexError) as e:
+            except (ValueError, KeyError, IndexError, TypeError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
     def listen_results(self, ctx: zmq.Context) -> None:

@@ -42,6 +42,13 @@ def test_auth_with_an_empty_users_file(tmp_path):
     assert result.returncode == 2 and "has no users" in result.stderr
 
 
+def test_a_runtime_dir_too_long_for_ipc_sockets(tmp_path):
+    long_dir = tmp_path / ("r" * (110 - len(str(tmp_path))))
+    result = serve(tmp_path, "-p", str(free_port()), "--runtime-dir", str(long_dir))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "too long for ipc sockets" in result.stderr
+
+
 def test_port_in_use(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
