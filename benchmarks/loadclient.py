@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.loadclient '<json>'`` with keys: url, name, frame (a JPEG file, read once),
 mode (``ack``: ``frame`` + ack, one in flight; ``emit``: no ack), event (``frame`` or
-``receiveImage``), fps (0 = as fast as possible), duration, out, go (a file that will hold the start time:
-the client writes ``out.ready`` once connected, then waits for it).
+``receiveImage``), fps (0 = as fast as possible), duration, out, go (a file that will hold the
+start time: the client writes ``out.ready`` once connected, then waits for it).
 Writes a JSON report to ``out``: sent, accepted, refused, timeouts, ack latencies (ms),
 disconnects, send times (ns) when asked.
 """

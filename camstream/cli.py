@@ -150,7 +150,8 @@ def build_parser() -> Parser:
     demo = verbs.add_parser("demo", help="run the daemon on 127.0.0.1 with a demo client",
                             description="Start 'camstream serve' on 127.0.0.1 and stream "
                             "synthetic frames into it, then print what was processed.")
-    demo.add_argument("-p", "--port", type=port_arg, default=8080, help="port (default: %(default)s)")
+    demo.add_argument("-p", "--port", type=port_arg, default=8080,
+                      help="port (default: %(default)s)")
     demo.add_argument("-w", "--workers", type=positive_int, default=2,
                       help="worker processes (default: %(default)s)")
     demo.add_argument("--seconds", type=float, default=20.0,
@@ -437,7 +438,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
     tcp = tcp_settings(args, "connect" if args.ingest_only else "bind")
     return Config(**tcp, ip=args.ip, port=args.port, auth=args.auth, display=args.display,
-                  workers=0 if args.ingest_only else args.workers, users_file=str(Path(args.users).absolute()),
+                  workers=0 if args.ingest_only else args.workers,
+                  users_file=str(Path(args.users).absolute()),
                   runtime_dir=str(Path(args.runtime_dir).absolute()),
                   log_level=args.log_level, max_frame_bytes=args.max_frame_size,
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,

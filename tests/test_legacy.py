@@ -314,8 +314,8 @@ def test_garbage_closes_only_that_connection(open_daemon, js, clients, jpeg_file
 
 def test_app_streams_100_frames_at_10hz_beside_a_current_client(auth_daemon, js,
                                                                 app_frames):
-    app = js.start(auth_daemon.url, "2", "carol", auth_daemon.users["carol"], frames=app_frames, count=100,
-                   fps=10, timeout=40)
+    app = js.start(auth_daemon.url, "2", "carol", auth_daemon.users["carol"], frames=app_frames,
+                   count=100, fps=10, timeout=40)
     current = js.start(auth_daemon.url, "4", "dave", auth_daemon.users["dave"], frames=app_frames,
                        count=100, fps=10, timeout=40)
     for proc in (app, current):
