@@ -363,8 +363,9 @@ def checked_processor(args: argparse.Namespace) -> tuple:
     options = tuple(tuple(pair) for pair in args.processor_options)
     try:
         load(args.processor, options)
-    except Exception as e:
-        raise CliError(f"--processor {args.processor}: {e}") from None
+    except Exception as e:  # the built-ins name themselves: say it once
+        raise CliError(f"--processor {args.processor}: "
+                       f"{str(e).removeprefix(args.processor + ': ')}") from None
     return options
 
 
@@ -414,8 +415,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     options = tuple(tuple(pair) for pair in args.processor_options)
     try:
         load(args.processor, options)
-    except Exception as e:
-        raise CliError(f"--processor {args.processor}: {e}") from None
+    except Exception as e:  # the built-ins name themselves: say it once
+        raise CliError(f"--processor {args.processor}: "
+                       f"{str(e).removeprefix(args.processor + ': ')}") from None
     route = choose_route(args)
     record_dir = str(Path(args.record).absolute()) if args.record else ""
     if record_dir:

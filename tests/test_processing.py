@@ -279,6 +279,12 @@ def test_options_are_checked_and_entry_points_found(tmp_path, monkeypatch):
         processors.load("edges", {"nieghbors": "3"})
     with pytest.raises(ValueError, match="expected float"):
         processors.load("edges", {"low": "lots"})
+    with pytest.raises(ValueError, match="option scale must be over 1"):
+        processors.load("faces", {"scale": "0.5"})  # OpenCV would fail on every frame
+    with pytest.raises(ValueError, match="option min_area must be from 0 to under 1"):
+        processors.load("motion", {"min_area": "5"})
+    with pytest.raises(ValueError, match=r"option high must be at least low \(300.0\)"):
+        processors.load("edges", {"low": "300"})
     with pytest.raises(ValueError, match="takes no options"):
         processors.load("os.path:basename", {"a": "1"})
     # an installed package declaring an entry point in the camstream.processors group

@@ -37,6 +37,13 @@ def parse_options(name: str, options: dict, defaults: dict) -> dict:
     return out
 
 
+def require(name: str, options: dict, rules: dict) -> None:
+    """Refuse an option out of its range: ``rules`` maps a key to (test, what it must be)."""
+    for key, (ok, what) in rules.items():
+        if not ok(options[key]):
+            raise ValueError(f"{name}: option {key} must be {what}, got {options[key]!r}")
+
+
 class Stats:
     """The default: size, brightness (mean grey, 0-255) and sharpness (variance of the
     Laplacian: low means blurred or out of focus)."""
@@ -85,6 +92,9 @@ class Faces:
 
     def setup(self, options: dict) -> None:
         o = parse_options("faces", options, self.DEFAULTS)
+        require("faces", o, {"scale": (lambda v: v > 1, "over 1 (1.1: each step 10 % larger)"),
+                             "neighbors": (lambda v: v >= 0, "0 or more"),
+                             "min_size": (lambda v: v >= 1, "1 or more (pixels)")})
         if not hasattr(cv2, "CascadeClassifier"):
             raise ValueError(f"faces: OpenCV {cv2.__version__} has no CascadeClassifier "
                              "(OpenCV 5 moved it to opencv-contrib-python; or install "
@@ -141,8 +151,12 @@ class Motion:
 
     def setup(self, options: dict) -> None:
         o = parse_options("motion", options, self.DEFAULTS)
-        if o["history"] < 1 or o["width"] < 16:
-            raise ValueError("motion: history must be 1 or more and width 16 or more")
+        require("motion", o, {"history": (lambda v: v >= 1, "1 or more (frames)"),
+                              "threshold": (lambda v: v > 0, "over 0"),
+                              "min_area": (lambda v: 0 <= v < 1, "from 0 to under 1 (a share "
+                                           "of the frame)"),
+                              "warmup": (lambda v: v >= 0, "0 or more (frames)"),
+                              "width": (lambda v: v >= 16, "16 or more (pixels)")})
         self.o = o
         self.tracks: dict[str, _Track] = {}
         self.calls = 0
@@ -200,8 +214,8 @@ class Edges:
 
     def setup(self, options: dict) -> None:
         o = parse_options("edges", options, self.DEFAULTS)
-        if not 0 <= o["low"] <= o["high"]:
-            raise ValueError("edges: expected 0 <= low <= high")
+        require("edges", o, {"low": (lambda v: v >= 0, "0 or more"),
+                             "high": (lambda v: v >= o["low"], f"at least low ({o['low']})")})
         self.low, self.high, self.annotate = o["low"], o["high"], o["annotate"]
 
     def process(self, image: np.ndarray, header: Header):
