@@ -206,6 +206,9 @@ def build_parser() -> Parser:
                       default="websocket",
                       help="'default' starts with long-polling and upgrades, as the Android "
                       "app does (default: %(default)s)")
+    send.add_argument("--results", action="store_true",
+                      help="print each result the server sends back (serve --emit-results) "
+                      "as a JSON line on stdout")
     send.add_argument("--quiet", action="store_true", help="no live line, only the summary")
     send.set_defaults(run=run_send)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -100,6 +102,7 @@ def open_source(source: str, size: str, quality: int) -> Iterator[bytes]:
 class Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.refused = self.timeouts = 0
+        self.results = None       # --results: how many came back
         self.dropped = 0          # as the server last reported it in an ack
         self.reasons: dict[str, int] = {}
         self.started = time.monotonic()
@@ -108,6 +111,8 @@ class Tally:
         elapsed = max(1e-9, time.monotonic() - self.started)
         text = (f"sent {self.sent}  accepted {self.accepted}  refused {self.refused}  "
                 f"dropped {self.dropped}  {self.sent / elapsed:.1f} fps")
+        if self.results is not None:
+            text += f"  results {self.results}"
         if self.reasons:
             text += "  (" + ", ".join(f"{k}: {v}" for k, v in self.reasons.items()) + ")"
         return text
@@ -138,6 +143,22 @@ def send(args: argparse.Namespace, password: str) -> int:
     def connect_error(data):
         login["error"] = data.get("message") if isinstance(data, dict) else str(data)
 
+    tally = Tally()
+    reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
+    if args.results:
+        tally.results = 0
+
+        @sio.on("result")
+        def on_result(result):
+            tally.results += 1
+            if reader_gone.is_set():
+                return
+            try:
+                print(json.dumps(result, separators=(",", ":")), flush=True)
+            except BrokenPipeError:  # that is how a pipeline ends: stop sending, quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                reader_gone.set()
+
     auth = None if args.legacy else {"username": args.username, "password": password}
     try:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
@@ -150,7 +171,7 @@ def send(args: argparse.Namespace, password: str) -> int:
             print(f"camstream send: login refused for {args.username!r}", file=sys.stderr)
             sio.disconnect()
             return 1
-    tally = Tally()
+    tally.started = time.monotonic()
     live = not args.quiet and sys.stderr.isatty()
     interval = 1.0 / args.fps if args.fps > 0 else 0.0
     next_at = time.monotonic()
@@ -166,16 +187,33 @@ def send(args: argparse.Namespace, password: str) -> int:
             if live and time.monotonic() - last_print > 1.0:
                 last_print = time.monotonic()
                 print("\r" + tally.line(), end="", file=sys.stderr, flush=True)
-            if args.count and n >= args.count:
+            if (args.count and n >= args.count) or reader_gone.is_set():
                 break
     except KeyboardInterrupt:
         pass
     finally:
         if args.legacy:
             time.sleep(0.2)  # frames without acks: let the last ones leave the socket
+        if args.results:
+            wait_for_results(tally, tally.sent if args.legacy else tally.accepted)
         sio.disconnect()
     print(("\r" if live else "") + tally.line(), file=sys.stderr)
     return 0
+
+
+def wait_for_results(tally: Tally, expected: int, quiet: float = 1.0,
+                     timeout: float = 5.0) -> None:
+    """--results: the last frames' results come a worker's round trip after them. Wait for
+    ``expected``, or until none came for ``quiet`` seconds (frames dropped on the way have
+    none), ``timeout`` at most."""
+    deadline = time.monotonic() + timeout
+    seen, last_change = tally.results, time.monotonic()
+    while tally.results < expected and time.monotonic() < deadline:
+        if tally.results != seen:
+            seen, last_change = tally.results, time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            return
+        time.sleep(0.05)
 
 
 def send_one(sio: socketio.Client, legacy: bool, n: int, jpeg: bytes, tally: Tally) -> None:

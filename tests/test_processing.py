@@ -416,6 +416,22 @@ def test_results_reach_the_sending_client_only_and_the_tap(daemons, clients, tap
     assert {x["seq"] for x in tap_all.of("alice")} >= seqs_a
 
 
+@pytest.mark.parametrize("protocol", [[], ["--legacy", "--transport", "default"]],
+                         ids=["frame-acks", "legacy"])
+def test_send_prints_the_results_that_come_back(daemons, protocol):
+    """``camstream send --results``: each result as a JSON line on stdout, the tally on
+    stderr; over the legacy events (the app's) too."""
+    d = daemons("--emit-results", "--processor", "edges", workers=1)
+    r = subprocess.run([sys.executable, "-m", "camstream", "send", d.url, "-u", "viewer",
+                        "--results", "--count", "6", "--fps", "10", "--size", "320x240",
+                        *protocol], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(x["seq"] for x in results) == list(range(1, 7)), r.stdout
+    assert all(0 <= x["edges"] < 1 and x["worker"] == 1 for x in results)
+    assert "results 6" in r.stderr
+
+
 @needs_haar
 def test_faces_in_the_daemon(daemons, clients, taps):
     d = daemons("--processor", "faces", "--processor-opt", "neighbors=3", "--emit-results")
