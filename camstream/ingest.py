@@ -69,6 +69,8 @@ class Ingest:
         self.users = users
         self.ledger = Ledger(restarted)
         self.ledger.own_clients_only = config.ingest_only
+        if not config.ingest_only:  # the pool's count comes with its first report
+            self.ledger.workers_configured = config.workers
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
         self.connections = ConnectionCount(config.max_connections_per_ip)

@@ -76,6 +76,7 @@ class Ledger:
         self._worker_seen: dict[tuple, float] = {}   # -> monotonic time of its last stats
         self.supervisor: dict = {}
         self.pool: dict = {}                         # --ingest-only: the worker pool's report
+        self.workers_configured: int | None = None   # until the supervisor's first report
         # --ingest-only: the pool's workers report every node's clients; show only ours
         self.own_clients_only = False
         self.started = time.time()
@@ -163,7 +164,7 @@ class Ledger:
             "uptime_s": round(time.time() - self.started, 1),
             "workers": {"alive": pool["workers_alive"] + sum(1 for r in remote if r["alive"])
                         if "workers_alive" in pool else self.workers_alive(),
-                        "expected": pool.get("workers_expected"),
+                        "expected": pool.get("workers_expected", self.workers_configured),
                         "restarts": pool.get("worker_restarts", 0),
                         **({"remote": remote} if remote else {})},  # camstream worker
             "ingest": {"restarts": sup.get("ingest_restarts", 0)},
