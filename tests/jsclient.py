@@ -16,8 +16,10 @@ CLIENT_JS = JS_DIR / "client.js"
 
 def js_client(url: str, client: str = "2", user: str = "alice", password: str = "",
               frames: Path | None = None, count: int = 0, fps: float = 10, mode: str = "default",
-              hold: float = 0, timeout: float = 30, real_ip: str = "") -> subprocess.Popen:
-    """Start client.js (``client`` "2" or "4"); ``mode``: default, websocket, polling, b64."""
+              hold: float = 0, timeout: float = 30, real_ip: str = "",
+              insecure: bool = False) -> subprocess.Popen:
+    """Start client.js (``client`` "2" or "4"); ``mode``: default, websocket, polling, b64;
+    ``insecure``: accept a self-signed TLS certificate."""
     if not (JS_DIR / "node_modules").is_dir():
         raise AssertionError("the JS clients are not installed: run tests/setup.sh")
     argv = ["node", str(CLIENT_JS), "--client", client, "--url", url, "--user", user,
@@ -27,6 +29,8 @@ def js_client(url: str, client: str = "2", user: str = "alice", password: str = 
         argv += ["--frames", str(frames)]
     if real_ip:  # behind nginx with realip: the address ip_hash sees
         argv += ["--real-ip", real_ip]
+    if insecure:
+        argv.append("--insecure")
     if mode == "websocket":
         argv.append("--websocket")
     elif mode == "polling":

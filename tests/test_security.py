@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 import requests
 import socketio
 import urllib3
 from conftest import ROOT, free_port, make_jpeg, make_users, wait_for
+from jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
 from rawclient import CLOSED, RawPoll, RawWS
 from streaming import Streamer
 
@@ -251,30 +250,16 @@ def make_cert(tmp_path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-def connect_wss(clients, url: str, caplog) -> socketio.Client:
-    """A wss client, with up to two more tries, each failure a warning with the client's own
-    engine.io log. Two full CI runs out of many failed one connect here with "Unexpected
-    connection error" (the engine.io connection closed before the namespace was joined), which
-    300 connects in a row under full CPU load did not reproduce; the client reads and writes
-    one TLS socket from two threads, which OpenSSL does not promise to support."""
-    caplog.set_level(logging.INFO, logger="tls-client")
-    client_log = logging.getLogger("tls-client")
-    for attempt in range(3):
-        caplog.clear()
-        try:
-            return clients(url, "tls", ssl_verify=False, engineio_logger=client_log,
-                           logger=client_log)
-        except socketio.exceptions.ConnectionError as e:
-            trail = "; ".join(r.getMessage()[:200] for r in caplog.records)
-            warnings.warn(f"wss connect {attempt + 1} of 3 failed: {e} (client log: {trail})",
-                          stacklevel=2)
-    pytest.fail("no wss connection in 3 tries (see the warnings)")
-
-
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_path, caplog):
-    """With --certfile/--keyfile the port speaks only TLS: frames over wss are processed,
-    /healthz answers over https, plain http gets nothing."""
+def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_path, jpeg_file):
+    """With --certfile/--keyfile the port speaks only TLS: frames over wss (websocket only,
+    and long-polling over https then the upgrade, as the app connects) are processed,
+    /healthz answers over https, plain http gets nothing.
+
+    The clients are the JS ones. python-socketio's threaded client reads and writes one TLS
+    socket from two threads, which OpenSSL does not support: its wss connections broke now and
+    then here under load (about 1 in 40, at connect or mid-stream; python-engineio issue
+    461), whatever the server does."""
     cert, key = make_cert(tmp_path)
     d = daemons("--certfile", cert, "--keyfile", key, workers=1, ready=False)
     https = d.url.replace("http://", "https://")
@@ -284,11 +269,15 @@ def test_tls_serves_wss_and_https_and_refuses_plain_http(daemons, clients, tmp_p
         assert d.proc.poll() is None, d.output()
         return requests.get(https + "/healthz", verify=False, timeout=2).json()
     wait_for(lambda: health()["workers"]["alive"] >= 1, 30, what="the TLS daemon ready")
-    sio = connect_wss(clients, https, caplog)
-    for i in range(5):
-        assert sio.call("frame", ({}, make_jpeg(seed=i)), timeout=10)["accepted"] is True
-    wait_for(lambda: health()["clients"]["tls"]["processed"] == 5, 10,
-             what="5 frames processed")
+    for client, mode, user in (("4", "websocket", "tls4"), ("2", "default", "tls2")):
+        code, summary = js_result(js_client(https, client, user=user, frames=jpeg_file,
+                                            count=5, fps=10, mode=mode, insecure=True))
+        assert code == 0 and summary["authenticated"] is True, summary
+        assert summary["transport"] == "websocket" and summary["sent"] == 5, summary
+        row = wait_for(lambda: (r := health()["clients"].get(user)) and
+                       r["processed"] + r["dropped"] == 5 and r, 10,
+                       what=f"{user}'s 5 frames processed or replaced")
+        assert row["processed"] >= 3 and row["errors"] == 0, row
     with pytest.raises(requests.RequestException):
         requests.get(d.url + "/healthz", timeout=3).json()
     with pytest.raises(socketio.exceptions.ConnectionError):

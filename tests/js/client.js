@@ -9,6 +9,7 @@
 //   --websocket: websocket only (the app's default is long-polling, then the upgrade);
 //   --polling: long-polling only, no upgrade; --b64: polling carries binary as base64 text.
 //   --real-ip ADDR: send X-Real-IP: ADDR (tests behind nginx's realip: one address each).
+//   --insecure: accept any TLS certificate (https:// URLs of a test's self-signed one).
 //
 // Prints one JSON line: {"client","authenticated","sent","transport","events",...}.
 // Exit status: 0 done, 3 login refused, 4 no reply / connection failed, 2 bad arguments.
@@ -19,10 +20,10 @@ const path = require("path");
 function parseArgs(argv) {
   const opts = { client: "2", url: "http://127.0.0.1:8080", user: "alice", password: "",
                  frames: "", count: 0, fps: 10, websocket: false, polling: false, b64: false,
-                 hold: 0, timeout: 15, "real-ip": "" };
+                 insecure: false, hold: 0, timeout: 15, "real-ip": "" };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, "");
-    if (["websocket", "polling", "b64"].includes(key)) { opts[key] = true; continue; }
+    if (["websocket", "polling", "b64", "insecure"].includes(key)) { opts[key] = true; continue; }
     if (!(key in opts) || i + 1 >= argv.length) {
       console.error(`unknown or incomplete option ${argv[i]}`);
       process.exit(2);
@@ -59,6 +60,7 @@ function main() {
     forceBase64: opts.b64,
     reconnection: true, reconnectionDelay: 5000, reconnectionAttempts: 10,
     forceNew: true,
+    rejectUnauthorized: !opts.insecure,
     extraHeaders: opts["real-ip"] ? { "X-Real-IP": opts["real-ip"] } : {},
   });
   const engine = () => socket.io.engine;
