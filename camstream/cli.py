@@ -210,6 +210,7 @@ def build_parser() -> Parser:
                       help="print each result the server sends back (serve --emit-results) "
                       "as a JSON line on stdout")
     send.add_argument("--quiet", action="store_true", help="no live line, only the summary")
+    add_tls_trust(send)
     send.set_defaults(run=run_send)
 
     status = verbs.add_parser("status", help="print a running daemon's counters",
@@ -218,6 +219,7 @@ def build_parser() -> Parser:
     status.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
                         help="server URL (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
+    add_tls_trust(status)
     status.set_defaults(run=run_status)
 
     from camstream import display
@@ -378,6 +380,23 @@ def processor_opt(text: str) -> tuple[str, str]:
         return parse_option(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_tls_trust(parser: argparse.ArgumentParser) -> None:
+    """How a client verifies an https:// server (serve --certfile): by default against the
+    system's certificate authorities."""
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--cafile", metavar="PEM", type=existing_file,
+                       help="trust the server's certificate (or its authority) from this "
+                       "file: a lab's self-signed certificate")
+    trust.add_argument("--insecure", action="store_true",
+                       help="do not verify the server's certificate at all")
+
+
+def existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
 
 
 def add_runtime_dir(parser: argparse.ArgumentParser) -> None:
@@ -669,7 +688,8 @@ def run_send(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from camstream.client import print_status
-    return print_status(args.url, as_json=args.json)
+    from camstream.client import tls_verify
+    return print_status(args.url, as_json=args.json, verify=tls_verify(args))
 
 
 def run_systemd(args: argparse.Namespace) -> int:

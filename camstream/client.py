@@ -99,6 +99,15 @@ def open_source(source: str, size: str, quality: int) -> Iterator[bytes]:
 
 # -- send ---------------------------------------------------------------------------------------
 
+def tls_verify(args: argparse.Namespace) -> bool | str:
+    """requests' ``verify``: a CA file (``--cafile``), False (``--insecure``), else True."""
+    if getattr(args, "insecure", False):
+        import urllib3
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # asked for
+        return False
+    return getattr(args, "cafile", None) or True
+
+
 class Tally:
     def __init__(self) -> None:
         self.sent = self.accepted = self.refused = self.timeouts = 0
@@ -126,7 +135,12 @@ def send(args: argparse.Namespace, password: str) -> int:
         return 2
     transports = {"websocket": ["websocket"], "polling": ["polling"],
                   "default": ["polling", "websocket"]}[args.transport]
-    sio = socketio.Client(reconnection=True, reconnection_delay=1, reconnection_delay_max=5)
+    session = requests.Session()  # polling, and the websocket's certificate check
+    session.verify = tls_verify(args)
+    if session.verify is not True:  # else REQUESTS_CA_BUNDLE would override what was asked
+        session.trust_env = False
+    sio = socketio.Client(reconnection=True, reconnection_delay=1, reconnection_delay_max=5,
+                          http_session=session, ssl_verify=session.verify is not False)
     login = {"event": threading.Event(), "ok": None, "error": None}
 
     @sio.event
@@ -163,7 +177,9 @@ def send(args: argparse.Namespace, password: str) -> int:
     try:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
-        print(f"camstream send: cannot connect to {args.url}: {login['error'] or e}",
+        hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
+            if args.url.startswith("https:") and session.verify is True else ""
+        print(f"camstream send: cannot connect to {args.url}: {login['error'] or e}{hint}",
               file=sys.stderr)
         return 1
     if args.legacy:
@@ -245,8 +261,8 @@ def send_one(sio: socketio.Client, legacy: bool, n: int, jpeg: bytes, tally: Tal
 
 # -- status -------------------------------------------------------------------------------------
 
-def fetch_health(url: str, timeout: float = 5.0) -> dict:
-    resp = requests.get(url.rstrip("/") + "/healthz", timeout=timeout)
+def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True) -> dict:
+    resp = requests.get(url.rstrip("/") + "/healthz", timeout=timeout, verify=verify)
     resp.raise_for_status()
     return resp.json()
 
@@ -268,9 +284,9 @@ def format_health(health: dict) -> str:
     return "\n".join(lines)
 
 
-def print_status(url: str, as_json: bool = False) -> int:
+def print_status(url: str, as_json: bool = False, verify: bool | str = True) -> int:
     try:
-        health = fetch_health(url)
+        health = fetch_health(url, verify=verify)
     except (requests.RequestException, ValueError) as e:
         print(f"camstream status: no daemon answers at {url}: {e}", file=sys.stderr)
         return 1
