@@ -102,9 +102,10 @@ def test_no_orphans_when_the_supervisor_is_killed(daemons):
 def test_healthz_and_metrics(daemons, clients):
     d = daemons(workers=1)
     sio = clients(d.url, "erin")
-    stream(sio, [make_jpeg(seed=i) for i in range(5)])
-    h = wait_for(lambda: d.health()["clients"]["erin"]["processed"] == 5 and d.health(), 10,
-                 what="5 processed frames")
+    for n in range(1, 6):  # each once the last is done: none replaced while the worker is busy
+        stream(sio, [make_jpeg(seed=n)])
+        h = wait_for(lambda: d.health()["clients"]["erin"]["processed"] == n and d.health(), 10,
+                     what=f"{n} processed frames")
     assert h["status"] == "ok" and h["workers"] == {"alive": 1, "expected": 1, "restarts": 0}
     assert h["clients"]["erin"]["connected"] == 1
     import requests
