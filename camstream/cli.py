@@ -424,7 +424,6 @@ def choose_route(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     from camstream.users import Users, UsersError
-    from workers.processors import load
 
     if args.auth:
         try:
@@ -434,12 +433,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not len(users):
             raise CliError(f"--auth: the users file {args.users} has no users "
                            f"(add one with: camstream users add NAME --users {args.users})")
-    options = tuple(tuple(pair) for pair in args.processor_options)
-    try:
-        load(args.processor, options)
-    except Exception as e:  # the built-ins name themselves: say it once
-        raise CliError(f"--processor {args.processor}: "
-                       f"{str(e).removeprefix(args.processor + ': ')}") from None
+    options = checked_processor(args)
     route = choose_route(args)
     record_dir = str(Path(args.record).absolute()) if args.record else ""
     if record_dir:
@@ -687,8 +681,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from camstream.client import print_status
-    from camstream.client import tls_verify
+    from camstream.client import print_status, tls_verify
     return print_status(args.url, as_json=args.json, verify=tls_verify(args))
 
 
