@@ -83,7 +83,7 @@ class Ingest:
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
         if config.route == "client":  # one pipeline per local worker (camstream.routing)
             self.frames_push = None
-            router = Router()
+            router = Router(expected=config.workers)
             self.ledger.owners = router.owner  # shown in /healthz
         else:
             self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,

@@ -7,7 +7,9 @@ backgrounds). With ``--route client`` (the default for processors marked ``order
 binds one PUSH per worker instead, and the :class:`Router` binds each client to one worker:
 
 - a client is bound on its first frame to the live worker with the fewest active clients
-  (ties: the lightest recent frame rate, then the lowest index), and stays there;
+  (ties: the lightest recent frame rate, then the lowest index), and stays there; while the
+  pool starts (until every expected worker has reported, ``SETTLE_S`` at most) its frames
+  wait instead, so that the first clients do not all land on the first worker to report;
 - a worker that stops reporting for ``stale_s`` (or says it is stopping) loses its clients to
   the others (a crashed worker that the supervisor replaces in time keeps them: the new
   process has the same index);
@@ -27,14 +29,19 @@ from camstream.stats import WORKER_STALE_S
 log = logging.getLogger("camstream.ingest")
 
 ACTIVE_S = 5.0    # a client that sent a frame this recently counts towards its worker's load
+SETTLE_S = 3.0    # at start, how long clients wait for the workers that have not reported yet
 IDLE_S = 60.0     # a client silent this long is forgotten (motion forgets its model too)
 RATE_WEIGHT = 0.3  # weight of the newest interval in each client's frame-rate average
 
 
 class Router:
-    def __init__(self, stale_s: float = WORKER_STALE_S, idle_s: float = IDLE_S) -> None:
+    def __init__(self, stale_s: float = WORKER_STALE_S, idle_s: float = IDLE_S,
+                 expected: int = 0) -> None:
+        """``expected``: the workers the pool starts with (``serve -w``)."""
         self.stale_s = stale_s
         self.idle_s = idle_s
+        self.expected = expected
+        self.first_report: float | None = None
         self.seen: dict[int, float] = {}      # worker index -> when it last reported
         self.last_read = 0.0                  # when ingest last read the reports
         self.stopping: set[int] = set()       # workers that said they are stopping
@@ -59,6 +66,8 @@ class Router:
         """A worker reported. One that is stopping (SIGTTOU, drain) takes no more clients:
         it would never go idle enough to finish."""
         self.last_read = max(self.last_read, now)
+        if self.first_report is None:
+            self.first_report = now
         if stopping:
             self.seen.pop(index, None)
             self.stopping.add(index)
@@ -79,7 +88,7 @@ class Router:
         if owner is not None and self.alive(owner):
             return owner
         live = self.live()
-        if not live:
+        if not live or (owner is None and self.starting(live, now)):
             return None
         clients, load = self.loads(now)
         best = min(live, key=lambda i: (clients[i], load[i], i))
@@ -91,6 +100,10 @@ class Router:
             log.warning("client %r -> worker %d (worker %d %s)", client, best, owner,
                         "is stopping" if owner in self.stopping else "stopped reporting")
         return best
+
+    def starting(self, live: list[int], now: float) -> bool:
+        """Whether the pool is still starting: some expected worker has not reported yet."""
+        return len(live) < self.expected and now - self.first_report < SETTLE_S
 
     def loads(self, now: float) -> tuple[dict[int, int], dict[int, float]]:
         """Per live worker: its active clients, and their summed frame rates."""

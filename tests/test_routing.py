@@ -99,6 +99,20 @@ def test_a_stopping_worker_takes_no_clients_and_loses_its_own():
     assert r.worker_for("c", 100.5) != retiring
 
 
+def test_at_start_clients_wait_for_the_expected_workers_a_few_seconds_at_most():
+    r = Router(stale_s=3.0, expected=3)
+    r.worker_seen(1, 100.0)
+    assert r.worker_for("early", 100.1) is None  # workers 2 and 3 have not reported yet
+    r.worker_seen(2, 100.2)
+    r.worker_seen(3, 100.3)
+    assert bind(r, ["early", "b", "c"], 100.4) == {"early": 1, "b": 2, "c": 3}
+    late = Router(stale_s=3.0, expected=2)
+    late.worker_seen(1, 100.0)
+    assert late.worker_for("a", 102.9) is None
+    late.worker_seen(1, 103.0)
+    assert late.worker_for("a", 103.1) == 1  # worker 2 never came: not waited for longer
+
+
 def test_staleness_is_judged_when_reports_are_read_not_by_the_clock():
     r = router_with(1, 2)
     bind(r, ["a", "b"], 100.0)
