@@ -8,6 +8,7 @@ acknowledgement (so it paces itself on the server's answers) or as the prototype
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -60,35 +61,68 @@ def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
 
 
 def folder_frames(folder: Path) -> Iterator[bytes]:
-    """Replay a folder of JPEG files as they are, in name order (no re-encoding)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not files:
-        raise ValueError(f"no .jpg files in {folder}")
-    for path in files:
-        yield path.read_bytes()
-
-
-def capture_frames(source, quality: int) -> Iterator[bytes]:
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video source {source!r}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    """Replay a folder of JPEG files as they are, in name order (no re-encoding). The folder is
+    listed now, so that an empty one is said before connecting."""
     try:
-        while True:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    except OSError as e:
+        raise ValueError(f"--source {folder}: {e.strerror}") from None
+    if not files:
+        raise ValueError(f"--source {folder}: no .jpg or .jpeg files in that folder")
+    return (path.read_bytes() for path in files)
+
+
+def capture_frames(source: int | str, quality: int) -> Iterator[bytes]:
+    """Frames of a video file or a camera, re-encoded as JPEG. The source is opened and its
+    first frame read now, so that a file that is not a video, or a camera that is not there,
+    is said before connecting."""
+    what = f"camera {source}" if isinstance(source, int) else str(source)
+    with quiet_stderr():  # OpenCV's and FFmpeg's own complaints would bury our one line
+        cap = cv2.VideoCapture(source)
+        ok, img = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        hint = ("no such camera, or it is busy" if isinstance(source, int)
+                else "not a video OpenCV can read")
+        raise ValueError(f"--source {what}: cannot read a frame ({hint})")
+    return _captured(cap, img, quality)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries write there directly) for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _captured(cap, first, quality: int) -> Iterator[bytes]:
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    img = first
+    try:
+        while img is not None:
+            yield cv2.imencode(".jpg", img, params)[1].tobytes()
             ok, img = cap.read()
             if not ok:
                 return
-            yield cv2.imencode(".jpg", img, params)[1].tobytes()
     finally:
         cap.release()
 
 
 def open_source(source: str, size: str, quality: int) -> Iterator[bytes]:
+    """The frames ``--source`` names; ValueError (one line) if it cannot give any."""
     if source == "synthetic":
         return synthetic_frames(*parse_size(size), quality)
     if source.isdigit():
         return capture_frames(int(source), quality)
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         return folder_frames(path)
     if path.is_file():
@@ -284,11 +318,38 @@ def format_health(health: dict) -> str:
     return "\n".join(lines)
 
 
+def why_unanswered(error: Exception, url: str, verify: bool | str) -> str:
+    """requests' exceptions say everything twice, with object reprs: a short reason instead,
+    and the hint a user needs for a certificate of their own."""
+    if isinstance(error, requests.exceptions.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(error) and verify is True:
+            return ("its certificate is not one this machine trusts (a certificate of your "
+                    "own? --cafile PEM, or --insecure)")
+        return "the TLS handshake failed (is it serving https? try http://)"
+    if isinstance(error, requests.exceptions.Timeout):
+        return "no answer within 5 s"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        text = str(error)
+        if "refused" in text:
+            return "connection refused (is camstream serve running, on this port?)"
+        if "NameResolution" in text or "not known" in text:
+            return f"unknown host {requests.utils.urlparse(url).hostname!r}"
+        if "RemoteDisconnected" in text or "reset" in text:
+            return "it closed the connection (an https port? try https://)"
+        return "cannot connect"
+    if isinstance(error, requests.exceptions.HTTPError):
+        return f"HTTP {error.response.status_code} at /healthz (is it a camstream daemon?)"
+    if isinstance(error, ValueError):
+        return "no JSON at /healthz (is it a camstream daemon?)"
+    return str(error)
+
+
 def print_status(url: str, as_json: bool = False, verify: bool | str = True) -> int:
     try:
         health = fetch_health(url, verify=verify)
     except (requests.RequestException, ValueError) as e:
-        print(f"camstream status: no daemon answers at {url}: {e}", file=sys.stderr)
+        print(f"camstream status: no daemon answers at {url}: {why_unanswered(e, url, verify)}",
+              file=sys.stderr)
         return 1
     if as_json:
         import json
