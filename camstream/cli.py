@@ -273,7 +273,8 @@ def build_parser() -> Parser:
     add_processor_arguments(pool)
     add_runtime_dir(pool)
     pool.add_argument("--log-level", default="info",
-                      choices=["debug", "info", "warning", "error"])
+                      choices=["debug", "info", "warning", "error"],
+                      help="log verbosity (default: %(default)s)")
     pool.add_argument("--worker-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                       help="a worker silent this long is replaced (default: %(default)s)")
     pool.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
@@ -287,7 +288,8 @@ def build_parser() -> Parser:
     add_tcp_arguments(worker, "worker")
     add_processor_arguments(worker)
     worker.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default: %(default)s)")
     worker.set_defaults(run=run_worker)
 
     keys = verbs.add_parser("keys", help="make CURVE keys for tcp endpoints",
@@ -327,9 +329,10 @@ def add_tcp_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     else:
         parser.add_argument("--worker-endpoint", type=endpoint_arg, default=None,
                             required=verb == "pool", metavar="tcp://HOST:PORT",
-                            help="serve: also offer frames to remote workers here (e.g. "
-                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint; "
-                            "pool: where ingest nodes connect")
+                            help="where ingest nodes ('serve --ingest-only') and remote "
+                            "workers connect, e.g. tcp://0.0.0.0:5555" if verb == "pool" else
+                            "also offer frames to remote workers here (e.g. "
+                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint")
         parser.add_argument("--bus-endpoint", type=endpoint_arg, default=None,
                             metavar="tcp://HOST:PORT", help="the bus over tcp: PORT (publish) "
                             "and PORT+1 (subscribe) (default: --worker-endpoint's PORT+1)")

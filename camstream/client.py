@@ -301,11 +301,37 @@ def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True) -> d
     return resp.json()
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``, ``3 d 4 h``."""
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "min", 60),
+                                     ("min", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size} {unit} {s % size // subsize} {sub}"
+    return f"{s} s"
+
+
+def workers_line(w: dict) -> str:
+    """Local and remote workers apart: /healthz's ``alive`` counts both, ``expected`` only the
+    local ones (the supervisor's, or the pool's on an ingest-only node)."""
+    remote = w.get("remote", [])
+    remote_alive = sum(1 for r in remote if r["alive"])
+    local_alive = w["alive"] - remote_alive
+    if w.get("expected") is None:
+        text = "workers: no pool has reported yet"
+    else:
+        text = (f"workers: {local_alive} of {w['expected']} alive here "
+                f"({w['restarts']} restarts)")
+    if remote:
+        hosts = ", ".join(f"{r['host']} pid {r['pid']}" + ("" if r["alive"] else " (gone)")
+                          for r in remote)
+        text += f", {remote_alive} remote alive ({hosts})"
+    return text
+
+
 def format_health(health: dict) -> str:
-    w = health["workers"]
-    lines = [f"up {health['uptime_s']:.0f} s, workers {w['alive']} alive of "
-             f"{w['expected']} ({w['restarts']} restarts), ingest restarts "
-             f"{health['ingest']['restarts']}"]
+    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+             f"ingest restarts {health['ingest']['restarts']}"]
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

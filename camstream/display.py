@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", metavar="DIR",
                         help="no windows: write the newest frame of each client to "
                         "DIR/<client>.jpg once a second (atomically), with DIR/<client>.json "
-                        "saying which frame it is; works without a screen")
+                        "saying which frame it is; works without a screen. A client's files "
+                        "stay when it leaves (its JSON then says \"left\": true)")
     parser.add_argument("--idle", type=positive_float, default=5.0, metavar="SECONDS",
                         help="close a client's window after this long without frames "
                         "(default: %(default)s)")
@@ -163,7 +164,9 @@ class Stream:
     jpeg: object = None               # zmq.Frame or bytes: the newest JPEG, never copied
     result: dict | None = None        # the worker's result for ``header`` (--processed)
     fresh: bool = False               # newer than what the sink last showed
-    last_arrival: float = 0.0         # monotonic time of the newest frame
+    # monotonic time of the newest frame (raw ones too: with --processed a stream is shown once
+    # its first result comes, and is not idle meanwhile); its age starts when it appears
+    last_arrival: float = field(default_factory=time.monotonic)
     fps: float | None = None          # the stream's rate, from ingest's sequence numbers
     recent_raw: dict[int, object] = field(default_factory=dict)
     _anchor: tuple[float, int] | None = None
@@ -181,6 +184,7 @@ class Stream:
 
     def keep_raw(self, header: Header, jpeg) -> None:
         self.recent_raw[header.seq] = jpeg
+        self.last_arrival = time.monotonic()
         while len(self.recent_raw) > RECENT_RAW:
             del self.recent_raw[next(iter(self.recent_raw))]
 
@@ -447,7 +451,8 @@ class Windows:
 
 class Snapshots:
     """Headless: ``DIR/<client>.jpg`` (the newest frame) and ``DIR/<client>.json`` (which
-    frame it is), each replaced atomically once a second; removed when the client leaves."""
+    frame it is), each replaced atomically once a second. When the client leaves they stay
+    (the last picture is what a user wants to look at), and the JSON says ``"left": true``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -488,8 +493,13 @@ class Snapshots:
     def close(self, name: str) -> None:
         if name in self.written:
             self.written.discard(name)
-            for ext in ("jpg", "json"):
-                (self.folder / f"{safe(name)}.{ext}").unlink(missing_ok=True)
+            path = self.folder / f"{safe(name)}.json"
+            try:
+                info = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                return
+            info.update(left=True, left_ns=time.time_ns())
+            self._replace(path.name, json.dumps(info).encode())
 
     def closed_by_user(self) -> list[str]:
         return []

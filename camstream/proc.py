@@ -34,10 +34,13 @@ HOST = socket.gethostname()  # in reports on a bus that other machines may share
 
 
 def setup_logging(level: str) -> None:
-    """One line per record, with a level and the process's role: journald-friendly."""
+    """One line per record, with a level and the process's role: journald-friendly. On a
+    terminal each line starts with the time; journald stamps its own (JOURNAL_STREAM)."""
+    stamp = "%(asctime)s " if sys.stderr.isatty() and "JOURNAL_STREAM" not in os.environ \
+        else ""
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format=f"%(levelname)s {setproctitle.getproctitle()}: %(message)s")
+        level=level.upper(), stream=sys.stderr, datefmt="%H:%M:%S",
+        format=f"{stamp}%(levelname)s {setproctitle.getproctitle()}: %(message)s")
 
 
 def become(role: str, parent_pid: int) -> None:
