@@ -150,11 +150,14 @@ class Tally:
         self.reasons: dict[str, int] = {}
         self.started = time.monotonic()
 
-    def line(self) -> str:
+    def line(self, legacy: bool = False) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
-        text = (f"sent {self.sent}  accepted {self.accepted}  refused {self.refused}  "
-                f"dropped {self.dropped}  {self.sent / elapsed:.1f} fps")
-        if self.results is not None:
+        if legacy:  # receiveImage has no ack: what happened to a frame only the daemon knows
+            text = f"sent {self.sent}  {self.sent / elapsed:.1f} fps"
+        else:
+            text = (f"sent {self.sent}  accepted {self.accepted}  refused {self.refused}  "
+                    f"dropped {self.dropped}  {self.sent / elapsed:.1f} fps")
+        if self.results:
             text += f"  results {self.results}"
         if self.reasons:
             text += "  (" + ", ".join(f"{k}: {v}" for k, v in self.reasons.items()) + ")"
@@ -211,6 +214,9 @@ def send(args: argparse.Namespace, password: str) -> int:
     try:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
+        if login["error"] == "authentication failed":
+            print(refused_login(args), file=sys.stderr)
+            return 1
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
         print(f"camstream send: cannot connect to {args.url}: {login['error'] or e}{hint}",
@@ -218,10 +224,12 @@ def send(args: argparse.Namespace, password: str) -> int:
         return 1
     if args.legacy:
         if not login["event"].wait(10) or not login["ok"]:
-            print(f"camstream send: login refused for {args.username!r}", file=sys.stderr)
+            print(refused_login(args), file=sys.stderr)
             sio.disconnect()
             return 1
+        before = client_counts(args.url, args.username, session.verify)
     tally.started = time.monotonic()
+    no_results_said = False
     live = not args.quiet and sys.stderr.isatty()
     interval = 1.0 / args.fps if args.fps > 0 else 0.0
     next_at = time.monotonic()
@@ -234,9 +242,13 @@ def send(args: argparse.Namespace, password: str) -> int:
                     time.sleep(next_at - now)
                 next_at = max(next_at + interval, time.monotonic() - 1.0)
             send_one(sio, args.legacy, n, jpeg, tally)
+            if args.results and not no_results_said and not tally.results and \
+                    (tally.accepted or args.legacy) and time.monotonic() - tally.started > 3:
+                print(("\n" if live else "") + NO_RESULTS, file=sys.stderr, flush=True)
+                no_results_said = True
             if live and time.monotonic() - last_print > 1.0:
                 last_print = time.monotonic()
-                print("\r" + tally.line(), end="", file=sys.stderr, flush=True)
+                print("\r" + tally.line(args.legacy), end="", file=sys.stderr, flush=True)
             if (args.count and n >= args.count) or reader_gone.is_set():
                 break
     except KeyboardInterrupt:
@@ -247,8 +259,56 @@ def send(args: argparse.Namespace, password: str) -> int:
         if args.results:
             wait_for_results(tally, tally.sent if args.legacy else tally.accepted)
         sio.disconnect()
-    print(("\r" if live else "") + tally.line(), file=sys.stderr)
+    print(("\r" if live else "") + tally.line(args.legacy), file=sys.stderr)
+    if args.results and not tally.results and not no_results_said and \
+            (tally.accepted or args.legacy and tally.sent):
+        print(NO_RESULTS, file=sys.stderr)
+    if args.legacy and tally.sent:
+        print(counts_line(args, before, tally.sent, session.verify), file=sys.stderr)
     return 0
+
+
+NO_RESULTS = ("camstream send: no results come back: the daemon sends them only when it "
+              "runs with --emit-results")
+
+
+def refused_login(args: argparse.Namespace) -> str:
+    return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
+            "user name or password, or a try too soon after one (after failed logins the "
+            "daemon refuses that name from this address for 0.5 s, doubling up to a minute)")
+
+
+COUNTED = ("received", "refused", "dropped", "processed", "errors", "lost")
+
+
+def client_counts(url: str, name: str, verify: bool | str) -> dict | None:
+    """The daemon's counters for client ``name`` (/healthz), None if it does not answer."""
+    try:
+        row = fetch_health(url, timeout=2, verify=verify)["clients"].get(name, {})
+        return {k: int(row.get(k, 0)) for k in COUNTED}
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def counts_line(args: argparse.Namespace, before: dict | None, sent: int,
+                verify: bool | str, timeout: float = 5.0) -> str:
+    """--legacy: what the daemon did with this run's frames, from its /healthz counters for
+    the client (the difference since the login: other connections under the same name would
+    count too). Waits until every frame received is accounted for, ``timeout`` at most."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = client_counts(args.url, args.username, verify)
+        if after is None or before is None:
+            return (f"camstream send: the daemon's counters for {args.username!r} are not "
+                    f"available ({args.url}/healthz did not answer)")
+        d = {k: after[k] - before[k] for k in COUNTED}
+        settled = d["received"] >= sent and sum(d[k] for k in COUNTED[1:]) >= d["received"]
+        if settled or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return (f"the daemon's counters for {args.username!r} during this run: "
+            + ", ".join(f"{k} {d[k]}" for k in COUNTED)
+            + ("" if settled else " (some frames still on their way)"))
 
 
 def wait_for_results(tally: Tally, expected: int, quiet: float = 1.0,

@@ -127,3 +127,41 @@ def test_users_add_without_a_terminal(tmp_path):
     line = one_line(r)
     assert "no terminal to ask for the password on: pipe it in with --password-stdin" in line
     assert not users.exists()
+
+
+# -- what a user is told matches what happened ------------------------------------------------
+
+def test_send_results_from_a_daemon_that_sends_none(daemons):
+    d = daemons(workers=1)
+    r = camstream("send", d.url, "-u", "hopeful", "--results", "--count", "40", "--fps", "10")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("no results come back: the daemon sends them only when it runs "
+                          "with --emit-results") == 1, r.stderr
+    assert "results 0" not in r.stderr and "accepted 40" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_a_refused_login_says_why_and_that_retries_are_throttled(daemons, tmp_path):
+    from conftest import make_users
+    users = make_users(tmp_path, kim="right")
+    d = daemons("-a", "--users", str(users), workers=1)
+    for legacy in ([], ["--legacy"]):
+        line = one_line(camstream("send", d.url, "-u", "kim", "--password", "wrong",
+                                  "--count", "1", *legacy), code=1)
+        assert line == (f"camstream send: login refused for 'kim' at {d.url}: a wrong user "
+                        "name or password, or a try too soon after one (after failed logins "
+                        "the daemon refuses that name from this address for 0.5 s, doubling "
+                        "up to a minute)"), line
+
+
+def test_status_counts_local_and_remote_workers_apart():
+    from camstream.client import format_health
+    health = {"uptime_s": 3725.2, "ingest": {"restarts": 1, "uptime_s": 12.0},
+              "workers": {"alive": 3, "expected": 2, "restarts": 0, "remote": [
+                  {"host": "lab2", "pid": 41, "alive": True, "processed": 9},
+                  {"host": "lab3", "pid": 7, "alive": False, "processed": 2}]},
+              "clients": {}, "totals": dict.fromkeys(
+                  ("received", "dispatched", "dropped", "processed", "errors", "refused"), 0)}
+    first = format_health(health).splitlines()[0]
+    assert first == ("up 1 h 2 min; workers: 2 of 2 alive here (0 restarts), 1 remote alive "
+                     "(lab2 pid 41, lab3 pid 7 (gone)); ingest restarts 1")
