@@ -98,6 +98,7 @@ class Supervisor:
         self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
         self.started = time.time()      # the daemon's age (/healthz uptime_s), not ingest's
+        self.remote: dict[tuple, tuple[float, dict]] = {}  # (host, pid) -> last seen, report
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -363,6 +364,31 @@ class Supervisor:
             if slot is not None and report.get("host", proc.HOST) == proc.HOST:
                 slot.last_beat = time.monotonic()
                 slot.extra = report
+            elif report.get("role") == "worker" and report.get("remote"):
+                self.remote_report(report)
+        self.remote_gone()
+
+    def remote_report(self, report: dict) -> None:
+        """A ``camstream worker`` on another machine: say when it joins (on the binding side:
+        the one that offers --worker-endpoint)."""
+        key = (str(report.get("host", "?")), report.get("pid"))
+        before = self.remote.get(key, (0.0, None))[1]
+        if self.config.tcp_side == "bind":
+            if before is None:
+                log.info("remote worker pid %s on %s joined (pulling from %s)", key[1],
+                         key[0], self.config.worker_endpoint)
+            if report.get("stopping") and not (before or {}).get("stopping"):
+                log.info("remote worker pid %s on %s is stopping", key[1], key[0])
+        self.remote[key] = (time.monotonic(), report)
+
+    def remote_gone(self) -> None:
+        now = time.monotonic()
+        for key, (seen, report) in list(self.remote.items()):
+            if now - seen > self.config.worker_timeout:
+                del self.remote[key]
+                if self.config.tcp_side == "bind" and not report.get("stopping"):
+                    log.warning("remote worker pid %s on %s left (no report for %g s)",
+                                key[1], key[0], self.config.worker_timeout)
 
     def notify(self) -> None:
         """READY once started up; WATCHDOG only while the children answer (a hung ingest stops
