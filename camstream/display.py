@@ -64,12 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: %(default)s)")
+    from camstream import webview
+    webview.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the edges (a daemon, a screen), then show frames until detached."""
     from camstream import proc
 
+    if args.web:  # the browser view: the same bus, served over HTTP (camstream.webview)
+        from camstream import webview
+        return webview.run(args)
     if args.client is not None:
         from camstream.users import UsersError, check_name
         try:
