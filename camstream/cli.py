@@ -242,6 +242,15 @@ def build_parser() -> Parser:
     tap.add_arguments(taps)
     taps.set_defaults(run=tap.run)
 
+    from camstream import tls
+    certs = verbs.add_parser("tls", help="make a self-signed https certificate for this "
+                             "machine (for phones' camera page)",
+                             description="Make a self-signed certificate for this machine's "
+                             "names and addresses, for serve --certfile (browsers give the "
+                             "camera page a camera only over https).")
+    tls.add_arguments(certs)
+    certs.set_defaults(run=tls.run)
+
     units = verbs.add_parser("systemd", help="print how to install camstream as a service",
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
