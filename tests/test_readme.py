@@ -437,7 +437,8 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
     assert row, r.stdout
     received, processed = int(row.group(1)), int(row.group(4))
     assert received >= 150 and processed >= 0.9 * received, r.stdout  # 20 s at 10 fps
-    assert "camstream demo:" in r.stderr
+    told = re.search(r"camstream demo: (\d+) of (\d+) frames processed", r.stderr)
+    assert told and (int(told.group(1)), int(told.group(2))) == (processed, received), r.stderr
 
 
 def test_test_command_is_what_ci_runs():
