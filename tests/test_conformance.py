@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -394,3 +396,210 @@ def test_unknown_event_is_logged_once(cs, session):
         s.send('2["mystery-event"]')
     s.probe()
     assert cs.output().count("ignoring unknown event 'mystery-event'") == 1
+
+
+# -- (4) Engine.IO 4 details, (5) Engine.IO 3 details: HTTP -------------------------------------
+
+def handshake_params(eio: int, **extra) -> dict:
+    return {"EIO": eio, "transport": "polling", **extra}
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_a_request_without_transport_is_refused(cs, refs, server, eio):
+    url = cs.url if server == "camstream" else refs[eio].url
+    r = requests.get(socket_io(url), params={"EIO": eio}, timeout=3)
+    assert r.status_code == 400 and r.json() == {"code": 0, "message": "Transport unknown"}
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_an_unsupported_method_is_refused(cs, refs, server, eio):
+    url = cs.url if server == "camstream" else refs[eio].url
+    r = requests.put(socket_io(url), params=handshake_params(eio), timeout=3)
+    assert r.status_code == 400 and r.json() == {"code": 2, "message": "Bad handshake method"}
+
+
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_an_unsupported_method_on_a_session_is_a_400(session, eio):
+    """Deliberate: the reference answers 500 (a server error) with no body."""
+    s = session("camstream", eio, "polling")
+    r = s.http.put(socket_io(s.url), params=s.params(), timeout=3)
+    assert r.status_code == 400
+    assert s.probe().startswith(f"3{PROBE_ID}")  # the session is not harmed
+
+
+def held_poll(s: Session) -> dict:
+    """A long poll in a thread of its own: its status, body and when it returned."""
+    out: dict = {}
+
+    def run():
+        r = requests.get(socket_io(s.url), params=s.params(), timeout=5)
+        out.update(status=r.status_code, body=r.text, at=time.monotonic())
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    out["thread"] = thread
+    time.sleep(0.3)  # it is held by now
+    return out
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_a_second_poll_at_once_closes_the_session(session, server, eio):
+    s = session(server, eio, "polling")
+    first = held_poll(s)
+    second = s.get()
+    first["thread"].join(5)
+    # the reference 2.x answers the second poll 500; both close the session and release the
+    # first poll with a close packet
+    assert second.status_code == (500 if (server, eio) == ("reference", 3) else 400)
+    assert first["status"] == 200 and split_payload(first["body"], eio) == ["1"], first
+    assert s.get().status_code == 400
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+@pytest.mark.parametrize("pending", [True, False])
+def test_a_client_close_over_polling(session, server, eio, pending):
+    """POST close: ``ok``; a held poll gets a noop; the session is unknown at once."""
+    s = session(server, eio, "polling")
+    held = held_poll(s) if pending else None
+    r = s.post("1")
+    assert r.status_code == 200 and r.text == "ok"
+    if held:
+        held["thread"].join(5)
+        assert held["status"] == 200 and split_payload(held["body"], eio) == ["6"], held
+    started = time.monotonic()
+    assert s.get().status_code == 400
+    assert time.monotonic() - started < 0.5
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_posts_are_answered_ok(session, server, eio):
+    s = session(server, eio, "polling")
+    r = s.post(f"42{PROBE_ID}" + '["frame"]')
+    assert r.status_code == 200 and r.text == "ok"
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_a_session_closed_by_the_server_is_unknown_once_told(session, server, eio):
+    """A packet the server cannot decode closes the session: its close packet reaches the
+    next poll, and from then on the session is unknown (a 400 at once)."""
+    s = session(server, eio, "polling")
+    s.post("4" + "9nonsense")  # Socket.IO packet type 9 does not exist
+    status = s.get()
+    assert status.status_code == 400 or "1" in split_payload(status.text, eio), status.text
+    started = time.monotonic()
+    assert s.get().status_code == 400
+    assert time.monotonic() - started < 0.5
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+def test_handshake_upgrades_by_transport(session, server, eio):
+    """A polling session is offered the websocket; a websocket session nothing (it is one)."""
+    assert session(server, eio, "polling").opening["upgrades"] == ["websocket"]
+    assert session(server, eio, "websocket").opening["upgrades"] == []
+
+
+@BOTH
+@pytest.mark.parametrize("eio", REVISIONS)
+@pytest.mark.parametrize("request_headers", [
+    {"Upgrade": "websocket", "Connection": "Upgrade"},  # no key
+    {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "99",
+     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}])
+def test_a_refused_upgrade_says_connection_close(cs, refs, server, eio, request_headers):
+    """A response after which the server closes the connection says so."""
+    url = cs.url if server == "camstream" else refs[eio].url
+    sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=3)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in request_headers.items())
+        sock.sendall(f"GET /socket.io/?EIO={eio}&transport=websocket HTTP/1.1\r\n"
+                     f"Host: x\r\n{head}\r\n".encode())
+        response = b""
+        while (chunk := sock.recv(4096)):
+            response += chunk
+    finally:
+        sock.close()
+    status, _, rest = response.partition(b"\r\n")
+    assert status.split()[1] in (b"400", b"426"), response
+    assert b"connection: close" in rest.split(b"\r\n\r\n")[0].lower(), response
+
+
+def test_keep_alive_clients_never_meet_a_silently_closed_connection(cs):
+    """Node's http with keepAlive (what node-fetch uses on Node 20) through every kind of
+    answer on one connection: no "socket hang up". (Node hands a request that asked for an
+    upgrade to its own upgrade path, so the refused upgrades are the raw test above.)"""
+    script = r"""
+const http = require("http");
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const [port, eio] = process.argv.slice(1);
+const base = `/socket.io/?EIO=${eio}`;
+const reqs = [["/healthz"], [base + "&transport=polling"], [base + "&transport=websocket"],
+  ["/metrics"], [base + "&transport=polling&sid=gone"], ["/healthz"], [base], ["/nothing"],
+  [base + "&transport=polling&j=1"], ["/healthz"]];
+const out = [];
+(function next(i) {
+  if (i >= reqs.length) { agent.destroy(); console.log(JSON.stringify(out)); return; }
+  const r = http.request({ host: "127.0.0.1", port, path: reqs[i][0], agent,
+                           headers: reqs[i][1] || {} }, (res) => {
+    res.resume();
+    res.on("end", () => { out.push(res.statusCode); next(i + 1); });
+  });
+  r.on("error", (e) => { out.push(e.message); next(i + 1); });
+  r.end();
+})(0);
+"""
+    for eio in REVISIONS:
+        run = subprocess.run(["node", "-e", script, str(cs.port), str(eio)],
+                             capture_output=True, text=True, timeout=30)
+        statuses = json.loads(run.stdout)
+        assert len(statuses) == 10 and all(isinstance(x, int) for x in statuses), statuses
+
+
+# -- (4) the ping timeout, on time on both transports -----------------------------------------
+
+def silent_after_ping(port: int, url: str, transport: str) -> float:
+    """A session that stops answering at its first ping: seconds from the ping to the close,
+    less pingTimeout (how late the server was)."""
+    if transport == "websocket":
+        raw = RawWS(port, 4, timeout=5)
+        try:
+            while raw.ws.recv_data()[1] != b"2":
+                pass
+            pinged = time.monotonic()
+            try:
+                while raw.ws.recv_data()[0] != 8:  # until the close frame, or the socket ends
+                    pass
+            except Exception:  # noqa: BLE001, S110 (closed without a close frame)
+                pass
+            return time.monotonic() - pinged - PING_TIMEOUT
+        finally:
+            raw.close()
+    with requests.Session() as http:
+        r = http.get(socket_io(url), params=handshake_params(4), timeout=3)
+        params = handshake_params(4, sid=json.loads(r.text[1:])["sid"])
+        while "2" not in http.get(socket_io(url), params=params, timeout=5).text.split("\x1e"):
+            pass
+        pinged = time.monotonic()
+        r = http.get(socket_io(url), params=params, timeout=5)  # held until the close
+        return time.monotonic() - pinged - PING_TIMEOUT
+
+
+@BOTH
+def test_the_ping_timeout_is_enforced_on_time(cs, refs, server):
+    """A client that stops answering pings is closed pingTimeout (0.5 s) after the ping, not
+    up to a sweep later (python-engineio alone: up to ~200 ms late); two sessions on each
+    transport at once."""
+    port, url = (cs.port, cs.url) if server == "camstream" else (refs[4].port, refs[4].url)
+    late: dict = {}
+    threads = [threading.Thread(target=lambda k=(t, n): late.setdefault(
+        k, silent_after_ping(port, url, k[0])), daemon=True)
+        for t in TRANSPORTS for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(late) == 4 and all(-0.02 <= x <= 0.06 for x in late.values()), late
