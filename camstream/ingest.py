@@ -30,7 +30,7 @@ import zmq.green as zmq
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, camerapage, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
@@ -304,6 +304,7 @@ class Ingest:
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
                 "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
+                "dropped": {name: row["dropped"] for name, row in health["clients"].items()},
                 "serving": self.serving, "draining": self.draining}))
             gevent.sleep(HEARTBEAT_INTERVAL)
 
@@ -322,6 +323,11 @@ class Ingest:
         elif path == "/":
             body = b"camstream is running: see /healthz and /metrics\n"
             ctype = "text/plain"
+        elif camerapage.page(path) is not None:  # static, from memory (camstream.camerapage)
+            body, ctype = camerapage.page(path)
+            start_response("200 OK", [("Content-Type", ctype),
+                                      ("Content-Length", str(len(body)))] + camerapage.HEADERS)
+            return [body]
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
