@@ -235,7 +235,7 @@ class Supervisor:
             self.spawn_web(slot)
             return
         module = "camstream.ingest" if slot.role == "ingest" else "workers"
-        argv = [sys.executable, "-m", module, str(os.getpid())]
+        argv = proc.python_module(module, str(os.getpid()))
         fds: tuple[int, ...] = ()
         env = dict(os.environ)
         if slot.role == "ingest":
@@ -258,9 +258,10 @@ class Supervisor:
         """``serve -d``: a display attached like any other (``camstream display``), started
         once; it answers no heartbeat, and when it exits it is not started again."""
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "camstream", "display", "--runtime-dir",
-             self.config.runtime_dir, "--parent-pid", str(os.getpid()),
-             "--log-level", self.config.log_level], stdin=subprocess.DEVNULL)
+            proc.python_module("camstream", "display", "--runtime-dir",
+                               self.config.runtime_dir, "--parent-pid", str(os.getpid()),
+                               "--log-level", self.config.log_level),
+            stdin=subprocess.DEVNULL)
         slot.started = time.monotonic()
         slot.spawned += 1
 
