@@ -307,6 +307,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: WebServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK wait
     server_version = "camstream-view"
     sys_version = ""
 
