@@ -1,8 +1,8 @@
 """webview: what a browser viewer of ``serve --web`` costs, and that it costs ingest nothing.
 
 One daemon with ``--web`` and 1 worker; 2 clients stream 640x480 frames with acks, paced at
-15 fps each (``benchmarks.loadclient``), for the whole run. Windows of 8 s (20 s full) with
-0, 1 and 10 viewers attached, then 0 again (a drift in the machine's load shows as a
+15 fps each (``benchmarks.loadclient``), for the whole run. After a 4 s warm-up, windows of 12 s (30 s
+full) with 0, 1 and 10 viewers attached, then 0 again (a drift in the machine's load shows as a
 difference between the two 0 windows), and 1 real headless Chromium when it is installed.
 
 A viewer here does what the page's script (camstream/static/view.js) does, in a thread of this
