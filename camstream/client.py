@@ -193,6 +193,8 @@ def send(args: argparse.Namespace, password: str) -> int:
     @sio.event
     def connect_error(data):
         login["error"] = data.get("message") if isinstance(data, dict) else str(data)
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            login["retry_in_s"] = data["data"].get("retry_in_s")
 
     tally = Tally()
     reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
@@ -215,7 +217,7 @@ def send(args: argparse.Namespace, password: str) -> int:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
         if login["error"] == "authentication failed":
-            print(refused_login(args), file=sys.stderr)
+            print(refused_login(args, login.get("retry_in_s")), file=sys.stderr)
             return 1
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
@@ -272,7 +274,13 @@ NO_RESULTS = ("camstream send: no results come back: the daemon sends them only 
               "runs with --emit-results")
 
 
-def refused_login(args: argparse.Namespace) -> str:
+def refused_login(args: argparse.Namespace, retry_in_s: float | None = None) -> str:
+    """The line for a refused login; with the wait the daemon told (connect-time auth), when
+    the next try will be checked at all."""
+    if isinstance(retry_in_s, (int, float)) and retry_in_s > 0:
+        return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
+                f"user name or password, or a try too soon after one; next try in "
+                f"{retry_in_s:g} s (the wait doubles with each failure, up to a minute)")
     return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
             "user name or password, or a try too soon after one (after failed logins the "
             "daemon refuses that name from this address for 0.5 s, doubling up to a minute)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -156,6 +157,13 @@ class Ingest:
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
         log.info("%s logged in as %r from %s", conn.sid, name, conn.address)
         return True
+
+    def login_wait(self, address: str, username) -> float:
+        """Seconds before a login from ``address`` as ``username`` is checked again (0 without
+        --auth, where nothing is throttled)."""
+        if not self.config.auth:
+            return 0.0
+        return math.ceil(self.throttle.wait(address, str(username)) * 10) / 10
 
     def _leave(self, conn: Conn) -> None:
         self.dispatcher.close(conn.sid)
@@ -384,7 +392,10 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")
-                raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+                # the wait the throttle now imposes, as the error's data (err.data in JS):
+                # a client can say when to try again instead of hammering
+                raise socketio.exceptions.ConnectionRefusedError("authentication failed", {
+                    "retry_in_s": ingest.login_wait(conn.address, auth.get("username"))})
 
     @sio.event
     def disconnect(sid, reason=None):
