@@ -206,6 +206,60 @@ def test_stop_closes_transports_without_goodbye_and_refuses_new_sessions_to_retr
         d.shutdown()
 
 
+def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
+    """What each real client does with the drain's refusal: camstream's own middleware
+    answering every handshake ``503`` (wsgiref, one server per client). Each keeps trying with
+    its reconnection backoff and none gives up (a refused TCP connection, the other choice, is
+    what every client meets between two daemons: the restart test)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    import socketio
+
+    from camstream.ingest import refuse_handshakes_while
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+    counts: dict = {}
+    servers_ = {}
+    for name in ("js2-poll", "js2-ws", "js4-poll", "js4-ws", "py-poll", "py-ws"):
+        def app(environ, start_response):
+            start_response("500 Internal Server Error", [])  # never reached: all refused
+            return [b""]
+        server = make_server("127.0.0.1", free_port(), refuse_handshakes_while(
+            lambda: True, app), handler_class=Quiet)
+        servers_[name] = server
+
+        def counted(environ, start_response, inner=server.get_app(), name=name):
+            counts[name] = counts.get(name, 0) + 1
+            return inner(environ, start_response)
+        server.set_app(counted)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    py = []
+    try:
+        runs = {name: js.start(f"http://127.0.0.1:{servers_[name].server_port}", name[2],
+                               name, frames=jpeg_file, count=1, timeout=30,
+                               mode="websocket" if name.endswith("ws") else "polling")
+                for name in servers_ if name.startswith("js")}
+        for name, transports in (("py-poll", ["polling"]), ("py-ws", ["websocket"])):
+            client = socketio.Client(reconnection=True)  # the defaults: 1 s doubling to 5 s
+            py.append(client)
+            threading.Thread(target=lambda c=client, n=name, t=transports: c.connect(
+                f"http://127.0.0.1:{servers_[n].server_port}", transports=t, retry=True,
+                auth={"username": n}), daemon=True).start()
+        time.sleep(4.5)  # attempts at 0, ~1, ~3 s with the default backoff
+        for name, proc in runs.items():
+            assert proc.poll() is None, f"{name} gave up"
+        assert all(counts.get(n, 0) >= 3 for n in servers_), counts
+    finally:
+        for client in py:
+            client.reconnection = False
+            client.disconnect()
+        for server in servers_.values():
+            server.shutdown()
+            server.server_close()
+
+
 # -- shared daemons: camstream and the two reference servers, the same fractional heartbeat ----
 
 PING_INTERVAL, PING_TIMEOUT = 1.5, 0.5  # seconds: fractional on purpose (item 2)
