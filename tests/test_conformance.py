@@ -29,7 +29,7 @@ import requests
 from conftest import Daemon, free_port, wait_for
 from jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures)
 from rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
-from streaming import Streamer
+from streaming import AsyncStreamer, Streamer
 
 from camstream import legacy
 
@@ -75,7 +75,9 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
                                                                            jpeg_file):
     """SIGHUP disconnects nobody; SIGTERM then a new start on the same port (what
     ``systemctl restart`` does): each real client, with its library's default reconnection
-    (1 s doubling to 5 s), is back and logged in again within its reconnection delay."""
+    (1 s doubling to 5 s), is back and logged in again within its reconnection delay. JS 2.x
+    as the app (authenticate again after the reconnection), JS 4.x, python-socketio 5 sync
+    and asyncio (auth with the connect), each on websocket and on long polling."""
     first = Daemon(tmp_path, workers=1)
     second = None
     streamers = []
@@ -88,14 +90,16 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
             "js2-poll": js.start(first.url, "2", "js2-poll", frames=jpeg_file, count=10**6,
                                  fps=10, timeout=120, mode="polling"),
         }
+        # 4.x: auth with the connect (websocket), or authenticate as the app (polling)
         for name, mode in (("js4-ws", "websocket"), ("js4-poll", "polling")):
-            argv = js.start(first.url, "4", name, frames=jpeg_file, count=10**6, fps=10,
-                            timeout=120, mode=mode)
-            runs[name] = argv
+            runs[name] = js.start(first.url, "4", name, frames=jpeg_file, count=10**6, fps=10,
+                                  timeout=120, mode=mode, auth=mode == "websocket")
         streamers = [Streamer(first.url, "py-ws", fps=10, reconnection={}).start(),
                      Streamer(first.url, "py-poll", fps=10, transports=("polling",),
-                              reconnection={}).start()]
-        names = [*runs, "py-ws", "py-poll"]
+                              reconnection={}).start(),
+                     AsyncStreamer(first.url, "py-async-ws").start(),
+                     AsyncStreamer(first.url, "py-async-poll", transports=("polling",)).start()]
+        names = [*runs, *(s.name for s in streamers)]
         wait_for(lambda: all(received(first, n) >= 5 for n in names), 30,
                  what="every client streaming into the first daemon")
 
