@@ -110,6 +110,7 @@ class View:
         self.changed = threading.Condition()
         self.viewers: dict[str, float] = {}     # viewer id -> monotonic time last seen
         self._cache: dict[str, tuple[int, bytes]] = {}
+        self.login = False                      # viewers log in (-a): the page offers log out
 
     def take(self, frame: Frame) -> None:
         now = time.monotonic()
@@ -173,7 +174,8 @@ class View:
                     "age_ms": round((now_ns - frame.arrived_ns) / 1e6),
                     "dropped": self.dropped.get(name), "result": frame.result,
                     "annotated": frame.annotated, "has_image": bool(len(frame.jpeg))})
-            body = json.dumps({"version": version, "kind": kind, "clients": clients},
+            body = json.dumps({"version": version, "kind": kind, "clients": clients,
+                               "login": self.login},
                               separators=(",", ":")).encode()
             self._cache[kind] = (version, body)
             return body
@@ -305,6 +307,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: WebServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK wait
     server_version = "camstream-view"
     sys_version = ""
 
@@ -581,6 +584,7 @@ def run(args: argparse.Namespace) -> int:
     proc.setup_logging(args.log_level)
 
     view = View()
+    view.login = logins is not None
     stop = threading.Event()
     reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop),
                               name="bus", daemon=True)

@@ -60,3 +60,14 @@ if ! command -v jq >/dev/null; then
         exit 1
     fi
 fi
+
+# The browser tests (tests/test_webview.py, tests/test_camera.py) drive Debian's chromium in
+# headless mode through Debian's chromium-driver (selenium comes from the test extras).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+    else
+        echo "tests/setup.sh: the browser tests need chromium and chromium-driver (as root:" \
+             "apt-get install -y chromium chromium-driver); skipping them" >&2
+    fi
+fi

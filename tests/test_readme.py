@@ -179,6 +179,11 @@ COVERED: dict[str, object] = {
         "test_own_processor",
     "camstream tap --client alice | jq -c 'select(.motion)'": "test_tap_motion",
     "camstream keys generate keys": "test_keys_generate",
+    "camstream serve --web 8081": "test_web_view_commands",
+    "camstream display --web 8081": "test_web_view_commands",
+    "camstream tls generate tls": "test_tls_commands",
+    "camstream serve -a --certfile tls/cert.pem --keyfile tls/key.pem --web 8081":
+        "test_tls_commands",
 }
 
 RECIPE_LINE = re.compile(r"^(sudo |systemctl |journalctl |/opt/camstream/bin/camstream "
@@ -501,7 +506,9 @@ def test_send_sources_and_results(tmp_path, home, port_8080, started):
     r = run(readme_line("camstream send --source ~/videos/lab.mp4 --legacy --transport "
                         "default"), tmp_path, home, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"\bsent 12\b", r.stderr), r.stderr
+    assert re.search(r"\bsent 12\b", r.stderr) and "accepted" not in r.stderr, r.stderr
+    assert "the daemon's counters for 'demo' during this run: received 12, refused 0, " \
+           "dropped 0, processed 12, errors 0, lost 0" in r.stderr, r.stderr  # no acks: asked
     wait_for(lambda: health()["clients"]["demo"]["processed"] == 12, 10,
              what="the video's 12 frames processed")
 
@@ -559,8 +566,11 @@ def test_systemd_prints_a_recipe(tmp_path, home):
 
 # -- Processing ---------------------------------------------------------------------------------
 
-def readme_python_block() -> str:
-    blocks = re.findall(r"^```python\n(.*?)^```", readme_text(), re.S | re.M)
+def readme_python_block(containing: str = "def ") -> str:
+    """The README's one python block with ``containing`` in it (the processor has a def; the
+    frames() example, run by tests/test_frames.py, has none)."""
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", readme_text(), re.S | re.M)
+              if containing in b]
     assert len(blocks) == 1
     return blocks[0]
 
@@ -600,3 +610,57 @@ def test_keys_generate(tmp_path, home):
         assert (keys / name).is_file(), name
     for secret in ("server.key_secret", "worker.key_secret"):
         assert oct((keys / secret).stat().st_mode & 0o777) == "0o600"
+
+
+# -- In a browser -------------------------------------------------------------------------------
+
+WEB = "http://127.0.0.1:8081"
+
+
+def web_state(url: str = WEB, **kw) -> dict:
+    import requests
+    return requests.get(url + "/api/state", timeout=15, **kw).json()
+
+
+@pytest.mark.timeout(180)
+def test_web_view_commands(tmp_path, home, port_8080, started):
+    """``serve --web 8081``, then a ``display --web 8081`` attached to a daemon without one."""
+    import requests
+    d = serve(started, tmp_path, home, command=readme_line("camstream serve --web 8081"))
+    alice = stream(started, tmp_path, home)
+    wait_for(lambda: [c for c in web_state()["clients"] if c["name"] == "alice"], 30,
+             what="alice's tile in the web view")
+    assert requests.get(WEB + "/", timeout=5).status_code == 200
+    alice.interrupt()
+    d.interrupt()
+    serve(started, tmp_path, home)
+    stream(started, tmp_path, home, "bob")
+    view = started(readme_line("camstream display --web 8081"), tmp_path, home)
+    wait_for(lambda: [c for c in web_state()["clients"] if c["name"] == "bob"], 30,
+             what="bob's tile in the attached web view")
+    assert view.interrupt() == 0, view.stderr()
+    assert "Traceback" not in view.stderr()
+
+
+@pytest.mark.timeout(180)
+def test_tls_commands(tmp_path, home, port_8080, started):
+    """``tls generate tls``, then ``serve -a`` with it: https on both ports, a login needed."""
+    import requests
+    r = run(readme_line("camstream tls generate tls"), tmp_path, home)
+    assert r.returncode == 0, r.stderr
+    assert "127.0.0.1" in r.stdout and "/camera" in r.stdout
+    cert = tmp_path / "tls" / "cert.pem"
+    assert oct((tmp_path / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
+    run("echo pw | camstream users add alice --password-stdin", tmp_path, home)
+    command = readme_line("camstream serve -a --certfile tls/cert.pem --keyfile tls/key.pem "
+                          "--web 8081")
+    started(command, tmp_path, home)
+    https = URL.replace("http:", "https:")
+    wait_for(lambda: requests.get(https + "/healthz", timeout=2, verify=str(cert)).json()
+             ["workers"]["alive"] >= 1, 60, what="serve over https")
+    assert requests.get(https + "/camera", timeout=5, verify=str(cert)).status_code == 200
+    web = WEB.replace("http:", "https:")
+    wait_for(lambda: requests.get(web + "/healthz", timeout=2, verify=str(cert)).ok, 30,
+             what="the web view over https")
+    assert requests.get(web + "/api/state", timeout=5, verify=str(cert)).status_code == 401
+    assert web_state(web, verify=str(cert), auth=("alice", "pw"))["kind"] == "raw"
