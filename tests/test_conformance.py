@@ -812,3 +812,21 @@ def test_a_poll_with_several_packets_is_framed_for_the_js2_decoder(cs, refs, ser
     assert len(answers) == 4 and '42["onAuth",true]' in answers and "3" in answers, answers
     acks = [p[:2 + len(str(PROBE_ID))] for p in answers if p.startswith("43")]
     assert acks == [f"43{PROBE_ID}", f"43{PROBE_ID + 1}"], answers
+
+
+@BOTH
+def test_js4_shows_the_namespace_error(cs, refs, server):
+    """What a JS 4.x user sees: connect_error "Invalid namespace" (an empty message when the
+    server sent a bare string)."""
+    url = cs.url if server == "camstream" else refs[4].url
+    script = r"""
+const io = require(process.argv[1] + "/node_modules/sio4");
+const socket = io(process.argv[2] + "/nowhere", { transports: ["websocket"], reconnection: false });
+const timer = setTimeout(() => { console.log("no answer"); process.exit(1); }, 5000);
+socket.on("connect_error", (err) => {
+  console.log(JSON.stringify(err.message)); clearTimeout(timer); socket.close(); process.exit(0);
+});
+"""
+    run = subprocess.run(["node", "-e", script, str(JS_DIR), url], capture_output=True,
+                         text=True, timeout=30)
+    assert run.stdout.strip() == '"Invalid namespace"', (run.stdout, run.stderr)
