@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", metavar="DIR",
                         help="no windows: write the newest frame of each client to "
                         "DIR/<client>.jpg once a second (atomically), with DIR/<client>.json "
-                        "saying which frame it is; works without a screen")
+                        "saying which frame it is; works without a screen. A client's files "
+                        "stay when it leaves (its JSON then says \"left\": true)")
     parser.add_argument("--idle", type=positive_float, default=5.0, metavar="SECONDS",
                         help="close a client's window after this long without frames "
                         "(default: %(default)s)")
@@ -151,7 +152,8 @@ class Stream:
     name: str
     frame: Frame | None = None
     fresh: bool = False               # newer than what the sink last showed
-    last_arrival: float = 0.0         # monotonic time of the newest frame
+    # monotonic time of the newest frame; a new stream's idle time starts when it appears
+    last_arrival: float = field(default_factory=time.monotonic)
     rate: StreamRate = field(default_factory=StreamRate)
 
     @property
@@ -389,7 +391,8 @@ class Windows:
 
 class Snapshots:
     """Headless: ``DIR/<client>.jpg`` (the newest frame) and ``DIR/<client>.json`` (which
-    frame it is), each replaced atomically once a second; removed when the client leaves."""
+    frame it is), each replaced atomically once a second. When the client leaves they stay
+    (the last picture is what a user wants to look at), and the JSON says ``"left": true``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -430,8 +433,13 @@ class Snapshots:
     def close(self, name: str) -> None:
         if name in self.written:
             self.written.discard(name)
-            for ext in ("jpg", "json"):
-                (self.folder / f"{safe(name)}.{ext}").unlink(missing_ok=True)
+            path = self.folder / f"{safe(name)}.json"
+            try:
+                info = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                return
+            info.update(left=True, left_ns=time.time_ns())
+            self._replace(path.name, json.dumps(info).encode())
 
     def closed_by_user(self) -> list[str]:
         return []

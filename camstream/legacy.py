@@ -596,7 +596,9 @@ class LegacyServer:
         if transport != "polling":
             return self.error(start_response, environ, 0, "Transport unknown")
         if sid is None:
-            if method != "GET" or "j" in query:  # JSONP is not served
+            if method != "GET":
+                return self.error(start_response, environ, 2, "Bad handshake method")
+            if "j" in query:  # JSONP is not served
                 return self.error(start_response, environ, 3, "Bad request")
             session = self.open_session(environ, "b64" in query)
             return self.poll(session, environ, start_response)
