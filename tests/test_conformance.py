@@ -830,3 +830,44 @@ socket.on("connect_error", (err) => {
     run = subprocess.run(["node", "-e", script, str(JS_DIR), url], capture_output=True,
                          text=True, timeout=30)
     assert run.stdout.strip() == '"Invalid namespace"', (run.stdout, run.stderr)
+
+
+def silent_legacy(url: str, port: int, transport: str) -> float:
+    """An Engine.IO 3 session that pings once, then falls silent: seconds from that ping to
+    the close, less pingInterval + pingTimeout (how late the server was)."""
+    limit = PING_INTERVAL + PING_TIMEOUT
+    if transport == "websocket":
+        raw = RawWS(port, 3, timeout=5)
+        try:
+            raw.send("2")
+            pinged = time.monotonic()
+            assert raw.wait_for(lambda m: m == "3", 3) == "3"
+            assert raw.wait_for(lambda m: False, 5) == CLOSED
+            return time.monotonic() - pinged - limit
+        finally:
+            raw.close()
+    with requests.Session() as http:
+        text = http.get(socket_io(url), params=handshake_params(3), timeout=3).text
+        params = handshake_params(3, sid=json.loads(text[text.index("{"):text.index("}") + 1])[
+            "sid"])
+        http.post(socket_io(url), params=params, data="1:2", timeout=3)
+        pinged = time.monotonic()
+        while True:  # polls (held up to the limit) until the close packet or an error
+            r = http.get(socket_io(url), params=params, timeout=5)
+            if r.status_code != 200 or "1" in split_payload(r.text, 3):
+                return time.monotonic() - pinged - limit
+
+
+@BOTH
+def test_a_silent_legacy_client_is_dropped_on_time(cs, refs, server):
+    """Engine.IO 3: the client pings; one silent for pingInterval + pingTimeout (2 s) is
+    dropped then, as the reference's timer does (a fixed sweep was up to its period late)."""
+    url, port = (cs.url, cs.port) if server == "camstream" else (refs[3].url, refs[3].port)
+    late: dict = {}
+    threads = [threading.Thread(target=lambda k=(t, n): late.setdefault(
+        k, silent_legacy(url, port, k[0])), daemon=True) for t in TRANSPORTS for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(late) == 4 and all(-0.02 <= x <= 0.06 for x in late.values()), late
