@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream import bus, wire
-from camstream.cli import CliError, add_runtime_dir, positive_float
+from camstream.cli import CliError, add_runtime_dir, positive_float, runtime_dir_of
 from camstream.wire import Header
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ RECENT_RAW = 16         # raw frames kept per client to pair with a worker's res
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``display`` verb's flags (registered by camstream.cli)."""
-    add_runtime_dir(parser)
+    add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME",
                         help="show only this client's stream (default: every client)")
     parser.add_argument("--processed", action="store_true",
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             check_name(args.client)
         except UsersError as e:
             raise CliError(f"--client: {e}") from None
+    args.runtime_dir = runtime_dir_of(args)
     check_daemon(args.runtime_dir)
     if args.snapshot:
         try:
@@ -119,14 +120,15 @@ def check_daemon(runtime_dir: str) -> None:
             raise FileNotFoundError
     except OSError:
         raise CliError(f"no camstream daemon is running in {runtime_dir} (no {bus.BUS_OUT} "
-                       "socket there); start 'camstream serve' or pass --runtime-dir") from None
+                       "socket there); start 'camstream serve', or pass its --port or "
+                       "--runtime-dir") from None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(str(path))
         except OSError:
             raise CliError(f"no camstream daemon is running in {runtime_dir} (its "
-                           f"{bus.BUS_OUT} socket is stale); start 'camstream serve' or "
-                           "pass --runtime-dir") from None
+                           f"{bus.BUS_OUT} socket is stale); start 'camstream serve', or pass "
+                           "its --port or --runtime-dir") from None
 
 
 def check_screen() -> None:

@@ -71,7 +71,19 @@ class Pool(Supervisor):
 
 
 class IngestNode(Supervisor):
-    """``serve --ingest-only``: an ingest and no workers; the pool's bus is its bus."""
+    """``serve --ingest-only``: an ingest and no workers; the pool's bus is its bus. It also
+    hosts a local bus (ipc only) that it and its ingest publish on as well, so that ingest's
+    heartbeat reaches it while the pool is gone (a missing pool is not a hung ingest), and a
+    display on this machine can attach to this node's frames."""
+
+    def open_bus(self) -> None:
+        to = bus.reached(self.config)
+        self.zap = None
+        self.proxy = bus.BusProxy(self.ctx, self.config.runtime_dir)
+        self.proxy.start()
+        self.bus_pub = bus.bus_pub(self.ctx, self.config.runtime_dir, to=to, local=True)
+        self.beats = bus.bus_sub(self.ctx, self.config.runtime_dir, wire.STATS, hwm=10000,
+                                 to=to, local=True)
 
     def healthy(self, now: float) -> bool:
         ingest = self.slots[0]

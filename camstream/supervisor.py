@@ -40,6 +40,7 @@ TICK = 0.5                # seconds between turns of the loop when nothing happe
 FRESH = 2.0               # a heartbeat younger than this proves its sender answers
 STATUS_EVERY = 2.0        # seconds between STATUS= lines to systemd
 START_GRACE = 30.0        # time a new child has to send its first heartbeat
+STALLED = 2.0             # a turn of the loop this late means the supervisor itself stalled
 MAX_BACKOFF = 10.0
 
 WORKER_ENV = {
@@ -47,9 +48,13 @@ WORKER_ENV = {
     # time (MEASUREMENTS.md); keep them in the process instead
     "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024),
-    # refuse JPEG bombs before allocating: 8192 x 8192 is far above any camera we take
-    "OPENCV_IO_MAX_IMAGE_PIXELS": str(8192 * 8192),
 }
+
+
+def worker_env(config: Config) -> dict:
+    """A worker's environment: WORKER_ENV, and OpenCV's own pixel limit (a second line behind
+    the header check of workers.jpeg) at --max-pixels."""
+    return {**WORKER_ENV, "OPENCV_IO_MAX_IMAGE_PIXELS": str(config.max_pixels)}
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Supervisor:
         self.stopping = False
         self.ready = False
         self.last_tick = 0.0
+        self.last_turn = 0.0          # when the loop last ran (see judge_own_stall)
         self.last_watchdog = 0.0
         self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
@@ -107,7 +113,10 @@ class Supervisor:
                     getattr(self, "handle_" + signal.Signals(sig).name[3:].lower())()
                 if self.stopping:
                     break
+                self.judge_own_stall()
                 self.read_heartbeats()
+                if self.proxy is not None:
+                    self.proxy.check()  # its socket files removed: bind the bus again
                 self.murder()
                 self.reap()
                 self.manage()
@@ -234,7 +243,7 @@ class Supervisor:
             fds = (self.listener.fileno(),)
         else:
             argv.append(str(slot.index))
-            env.update(WORKER_ENV)
+            env.update(worker_env(self.config))
         slot.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=fds, env=env)
         slot.proc.stdin.write(self.config.to_json().encode())
         slot.proc.stdin.close()
@@ -286,6 +295,23 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is None and not slot.retiring and now >= slot.not_before:
                 self.spawn(slot)
+
+    def judge_own_stall(self) -> None:
+        """Silence is judged against this loop: if the supervisor itself did not run (SIGSTOP,
+        a starved machine), the bus it hosts did not run either, and nobody was silent. Every
+        child's clock then starts again from now."""
+        now = time.monotonic()
+        late = now - self.last_turn if self.last_turn else 0.0
+        self.last_turn = now
+        if late < STALLED + TICK:
+            return
+        log.warning("the supervisor did not run for %.1f s (stopped or starved): its children "
+                    "are judged from now on, not for that gap", late)
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.started += late
+                if slot.last_beat is not None:
+                    slot.last_beat += late
 
     def murder(self) -> None:
         now = time.monotonic()

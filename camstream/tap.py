@@ -18,7 +18,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from camstream.cli import add_runtime_dir
-    add_runtime_dir(parser)
+    add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME", action="append", default=[],
                         help="only this client's results (repeat for more; default: all)")
     parser.add_argument("--count", type=int, default=0, metavar="N",
@@ -41,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     import zmq
 
     from camstream import bus, wire
+    from camstream.cli import runtime_dir_of
 
+    args.runtime_dir = runtime_dir_of(args)
     topics = [wire.topic(wire.PROCESSED, name) for name in args.client] or [wire.PROCESSED]
     if not (Path(args.runtime_dir) / bus.BUS_OUT).exists():
         print(f"camstream tap: no daemon in {args.runtime_dir} yet; waiting for one "
-              "(--runtime-dir?)", file=sys.stderr)
+              "(its --port or --runtime-dir?)", file=sys.stderr)
     ctx = zmq.Context()
     sub = bus.bus_sub(ctx, args.runtime_dir, *topics, hwm=1000)
     out = sys.stdout.buffer

@@ -335,5 +335,7 @@ def test_bad_frames_are_errors_never_crashes(daemons, clients, tmp_path):
     assert worker.memory_info().rss < 400 * 1024 * 1024
     assert h["workers"]["restarts"] == 0
     out = d.output()
-    for problem in ("truncated JPEG", "is not a JPEG", "is not a decodable JPEG"):
+    for problem in ("truncated JPEG", "is not a JPEG", "over --max-pixels"):
         assert problem in out
+    assert h["clients"]["fuzzy"]["errors_by"] == {"truncated": 1, "not a JPEG": 2,
+                                                  "over --max-pixels": 1}
