@@ -244,8 +244,11 @@ def build_parser() -> Parser:
     status = verbs.add_parser("status", help="print a running daemon's counters",
                               description="Print the counters of a running daemon "
                               "(from its /healthz).")
-    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
-                        help="server URL (default: %(default)s)")
+    status.add_argument("url", nargs="?", default=None,
+                        help="server URL (default: http://127.0.0.1:8080, or the --port)")
+    status.add_argument("-p", "--port", type=port_arg, default=8080,
+                        help="the port of a daemon on this machine, when no URL is given "
+                        "(default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     add_tls_trust(status)
     status.set_defaults(run=run_status)
@@ -715,7 +718,8 @@ def run_send(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from camstream.client import print_status, tls_verify
-    return print_status(args.url, as_json=args.json, verify=tls_verify(args))
+    url = args.url or f"http://127.0.0.1:{args.port}"
+    return print_status(url, as_json=args.json, verify=tls_verify(args))
 
 
 def run_systemd(args: argparse.Namespace) -> int:

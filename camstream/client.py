@@ -269,9 +269,17 @@ def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True) -> d
 
 def format_health(health: dict) -> str:
     w = health["workers"]
-    lines = [f"up {health['uptime_s']:.0f} s, workers {w['alive']} alive of "
-             f"{w['expected']} ({w['restarts']} restarts), ingest restarts "
-             f"{health['ingest']['restarts']}"]
+    local, expected = w.get("local", w["alive"]), w.get("expected")
+    if w.get("pool"):  # serve --ingest-only: the workers are the pool's
+        workers = (f"pool at {w['pool']}: " + (f"workers {local} alive of {expected}"
+                                                if expected is not None else "missing"))
+    else:
+        workers = f"workers {local} alive of {expected}"
+    if w.get("remote_alive") or w.get("remote"):
+        workers += f", {w.get('remote_alive', 0)} remote"
+    lines = [f"{health.get('status', 'ok')}: up {health['uptime_s']:.0f} s, {workers} "
+             f"({w['restarts']} restarts), ingest restarts {health['ingest']['restarts']}"]
+    lines += [f"  degraded: {reason}" for reason in health.get("reasons", [])]
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

@@ -35,7 +35,8 @@ from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
 from camstream.routing import Router
 from camstream.rundir import RuntimeDirError
-from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
+from camstream.stats import (UNAUTHENTICATED, WORKER_STALE_S, ClientCounts, Ledger,
+                             LedgerCollector)
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.ingest")
@@ -102,6 +103,7 @@ class Ingest:
         if config.ingest_only:
             self.ledger.pool_endpoint = config.worker_endpoint
         self.pool_was_missing = False
+        self.remote_seen: set[tuple] = set()  # remote workers alive at the last heartbeat
         self.dispatcher = Dispatcher(
             self.frames_push, self.bus_pub, config.queue_depth, router=router,
             worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm,
@@ -311,6 +313,16 @@ class Ingest:
                 log.error("cannot bind the frame pipeline's ipc endpoint again: %s", e)
             self.ledger.problems["ipc"] = f"frame pipeline endpoint gone and not rebound: {e}"
 
+    def log_remote_workers(self) -> None:
+        """The binding side says when a remote worker (camstream worker) joins or leaves."""
+        alive = {(r["host"], r["pid"]) for r in self.ledger.remote_workers() if r["alive"]}
+        for host, pid in sorted(alive - self.remote_seen):
+            log.info("remote worker on %s (pid %d) joined", host, pid)
+        for host, pid in sorted(self.remote_seen - alive):
+            log.warning("remote worker on %s (pid %d) left (silent for %.0f s)", host, pid,
+                        WORKER_STALE_S)
+        self.remote_seen = alive
+
     def check_pool(self) -> None:
         """--ingest-only: say when the pool goes missing and when it is back. A missing pool
         is not a hung ingest: clients stay connected, their frames are dropped and counted."""
@@ -330,6 +342,7 @@ class Ingest:
             self.read_stats()
             self.check_endpoints()
             self.check_pool()
+            self.log_remote_workers()
             self.ledger.checkpoint()
             if self.dispatcher.router:
                 self.dispatcher.check()
