@@ -20,6 +20,7 @@ import time
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
+from camstream.stats import WORKER_STALE_S
 from camstream.supervisor import FRESH, Supervisor
 
 log = logging.getLogger("camstream.pool")
@@ -66,7 +67,7 @@ class Pool(Supervisor):
             "role": "pool", "pid": os.getpid(), "host": proc.HOST,
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in self.slots if s.proc is not None and s.last_beat
-                                 and now - s.last_beat < self.config.worker_timeout),
+                                 and now - s.last_beat < WORKER_STALE_S),
             "worker_restarts": sum(s.restarts for s in self.slots)}))
 
 

@@ -33,6 +33,7 @@ import zmq
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
+from camstream.stats import WORKER_STALE_S  # what /healthz calls alive
 
 log = logging.getLogger("camstream.supervisor")
 
@@ -440,7 +441,7 @@ class Supervisor:
             "role": "supervisor", "pid": os.getpid(), "host": proc.HOST,
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
-                                 and now - s.last_beat < self.config.worker_timeout),
+                                 and now - s.last_beat < WORKER_STALE_S),
             "worker_restarts": sum(s.restarts for s in workers),
             "ingest_restarts": self.slots[0].restarts}))
 
