@@ -218,9 +218,11 @@ class Ledger:
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": list(reasons.values()),
-            "uptime_s": round(time.time() - self.started, 1),
+            # the daemon's (its supervisor's) age; ingest's own is under "ingest"
+            "uptime_s": round(time.time() - sup.get("started", self.started), 1),
             "workers": workers,
-            "ingest": {"restarts": sup.get("ingest_restarts", 0)},
+            "ingest": {"restarts": sup.get("ingest_restarts", 0),
+                       "uptime_s": round(time.time() - self.started, 1)},
             "clients": clients,
             "totals": totals,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)

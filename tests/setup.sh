@@ -45,3 +45,24 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
              "skipping it" >&2
     fi
 fi
+
+# The README's examples (tests/test_readme.py) pipe camstream's JSON lines into jq.
+if ! command -v jq >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq jq
+    else
+        echo "tests/setup.sh: the README tests need jq (as root: apt-get install -y jq)" >&2
+        exit 1
+    fi
+fi
+
+# The browser tests (tests/test_webview.py, tests/test_camera.py) drive Debian's chromium in
+# headless mode through Debian's chromium-driver (selenium comes from the test extras).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+    else
+        echo "tests/setup.sh: the browser tests need chromium and chromium-driver (as root:" \
+             "apt-get install -y chromium chromium-driver); skipping them" >&2
+    fi
+fi

@@ -2,12 +2,14 @@
 virtual screen (Xvfb), windows found by name and looked at through screenshots."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -256,13 +258,34 @@ def test_snapshot_mode_writes_the_newest_frame_per_client(daemon, clients, strea
     assert float(np.mean(cv2.absdiff(image, decoded(picture)))) < 2
     streamer.stop()
     sio.disconnect()
-    wait_for(lambda: not jpg.exists(), 10, what="the snapshot to go when gus leaves")
+    info = folder / "gus.json"
+    wait_for(lambda: json.loads(info.read_text()).get("left"), 10,
+             what="gus.json to say gus left")
+    assert jpg.exists() and decoded(jpg.read_bytes()) is not None, "the last picture is kept"
     assert p.poll() is None
 
 
 def run_display(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "camstream", "display", *args], env=env,
                           check=False, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_processed_view_lives_from_its_first_frame(daemon, clients, streamers, displays,
+                                                  tmp_path):
+    """--processed: a stream's view appears with its first result and is not closed as idle
+    at once (its age once started from zero: "closing its view (no frames for 5 s)" came right
+    after "showing its stream")."""
+    sio = clients(daemon.url, "hal")
+    streamers(sio, lambda n: make_jpeg(320, 240, seed=n % 5))
+    folder = tmp_path / "processed"
+    p = displays("--processed", "--snapshot", str(folder), env=headless_env())
+    wait_for(lambda: (folder / "hal.json").exists() and
+             "result" in json.loads((folder / "hal.json").read_text()), 20,
+             what="hal's processed snapshot")
+    time.sleep(2)
+    p.log.flush()
+    log = Path(p.log.name).read_text()
+    assert "hal: showing its stream" in log and "closing its view" not in log, log
 
 
 def test_no_screen_is_one_clear_line(daemon):

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from camstream import bus, proc, wire
+from camstream.reach import Reach
 from camstream.wire import Header
 from workers import jpeg as jpeg_check
 from workers import processors
@@ -139,6 +140,9 @@ class Worker:
         self.drain_max = config.stop_timeout / 3
         self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to,
                                            own=own)
+        # standalone over tcp: say when the serving machine is not reached (wrong keys, a dead
+        # endpoint), which ZeroMQ would retry in silence
+        self.reach = Reach(self.frames_pull, config.worker_endpoint) if self.remote else None
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
         self.finished: dict[str, list[int]] = {}  # per client, seqs done since the last stats
@@ -156,6 +160,8 @@ class Worker:
         poller.register(self.frames_pull, zmq.POLLIN)
         if wakeup is not None:
             poller.register(wakeup, zmq.POLLIN)
+        if self.reach is not None:
+            poller.register(self.reach.monitor, zmq.POLLIN)
         next_stats = 0.0
         told = None  # when the stop was reported
         while True:
@@ -170,6 +176,10 @@ class Worker:
             ready = dict(poller.poll(int(STATS_INTERVAL * 1000)))
             if wakeup in ready:
                 os.read(wakeup, 512)
+            if self.reach is not None:
+                if self.reach.monitor in ready:
+                    self.reach.read()
+                self.reach.tick()
             if self.frames_pull in ready:
                 self.handle(self.frames_pull.recv_multipart(copy=False))
         self.publish_stats()
@@ -276,55 +286,6 @@ def run_standalone(config) -> int:
     return serve(config, 0, config.worker_endpoint)
 
 
-HANDSHAKE_WAIT_S = 5.0  # a remote worker says why no frames come after this long
-
-
-def watch_handshake(sock: zmq.Socket, source: str) -> None:
-    """A remote worker whose endpoint is dead or whose keys are wrong would wait in silence:
-    watch the socket's connection events (a ZeroMQ monitor, read in a thread of its own) and
-    say, after HANDSHAKE_WAIT_S without a CURVE handshake, what is likely wrong; and say when
-    a working connection is lost or comes back."""
-    from zmq.utils.monitor import recv_monitor_message
-    monitor = sock.get_monitor_socket()  # in the socket's own thread
-
-    def watch() -> None:
-        start, warned, shaken = time.monotonic(), False, False
-        connected = auth_failed = False
-        while True:
-            if monitor.poll(250):
-                try:
-                    event = recv_monitor_message(monitor)["event"]
-                except zmq.ZMQError:
-                    return
-                if event == zmq.EVENT_CONNECTED:
-                    connected = True
-                elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    if warned:
-                        log.info("handshake with %s done: pulling frames", source)
-                    shaken, warned = True, False
-                elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    auth_failed = True
-                elif event == zmq.EVENT_DISCONNECTED and shaken:
-                    log.warning("lost the connection to %s; reconnecting", source)
-                    shaken, connected, start = False, False, time.monotonic()
-            if shaken or warned or time.monotonic() - start < HANDSHAKE_WAIT_S:
-                continue
-            warned = True
-            if auth_failed:
-                why = ("it refused this worker's key: is its public key (NAME.key) in the "
-                       "serving machine's authorized/ folder?")
-            elif connected:
-                why = ("it accepts connections but no CURVE handshake completes: server.key "
-                       "here is not the serving machine's public key, or that port is not a "
-                       "camstream --worker-endpoint")
-            else:
-                why = ("nothing answers there: is 'camstream serve --worker-endpoint' (or "
-                       "'camstream pool') running, on that address and port, and the port open?")
-            log.warning("no frames from %s after %.0f s: %s", source, HANDSHAKE_WAIT_S, why)
-
-    threading.Thread(target=watch, name="handshake-watch", daemon=True).start()
-
-
 def serve(config, index: int, source: str) -> int:
     """Run one worker until SIGTERM (or SIGINT, standalone), then drain and stop."""
     ctx = zmq.Context()
@@ -340,8 +301,6 @@ def serve(config, index: int, source: str) -> int:
         os.set_blocking(fd, False)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
     log.info("pulling frames from %s", source)
-    if config.tcp_side == "connect":
-        watch_handshake(worker.frames_pull, source)
     worker.run(wakeup)
     if worker.recorder:
         worker.recorder.close(timeout=min(5.0, config.stop_timeout / 3))
