@@ -69,8 +69,7 @@ class IpcBinds:
 
     def bind(self, sock: zmq.Socket, runtime_dir: str, name: str) -> None:
         path = str(Path(runtime_dir) / name)
-        sock.bind(f"ipc://{path}")
-        rundir.restrict(path, rundir.SHARED if name == BUS_OUT else rundir.PRIVATE)
+        _bind_closed(sock, path)
         self._bound.append([sock, path, os.lstat(path).st_ino])
 
     def gone(self) -> list[str]:
@@ -99,13 +98,25 @@ class IpcBinds:
                 os.unlink(path)  # an impostor in its place (the directory is ours alone)
             except OSError:
                 pass
-            sock.bind(f"ipc://{path}")
-            rundir.restrict(path, rundir.SHARED if path.endswith("/" + BUS_OUT)
-                            else rundir.PRIVATE)
+            _bind_closed(sock, path)
             entry[2] = os.lstat(path).st_ino
             log.warning("ipc endpoint %s was removed from the runtime directory: bound it "
                         "again", path)
         return sorted(gone)
+
+
+def _bind_closed(sock: zmq.Socket, path: str) -> None:
+    """Bind an ipc socket file closed to everyone but this user (umask 0077 for the bind:
+    no moment when the group could connect), then give it its mode: the group may reach
+    ``bus-out``, nothing else. Binds happen in one thread per process, which creates no other
+    files meanwhile."""
+    old = os.umask(0o077)
+    try:
+        sock.bind(f"ipc://{path}")
+    finally:
+        os.umask(old)
+    rundir.restrict(path, rundir.SHARED if os.path.basename(path) == BUS_OUT
+                    else rundir.PRIVATE)
 
 
 def tcp_plus(tcp: str, n: int) -> str:

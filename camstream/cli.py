@@ -677,7 +677,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "--display: no screen (DISPLAY and WAYLAND_DISPLAY are unset); serving without "
             "a display (camstream display --snapshot DIR works headless)")
         config = dataclasses.replace(config, display=False)
-    os.umask(0o077)  # sockets closed at bind; camstream.rundir.restrict opens what it may
+    os.umask(0o007)  # recordings readable by the service's group (sockets: camstream.rundir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     if config.ingest_only:  # no workers here: they are a pool's
         from camstream.pool import IngestNode
@@ -701,7 +701,7 @@ def run_pool(args: argparse.Namespace) -> int:
     import setproctitle
     setproctitle.setproctitle("camstream: pool")
     setup_logging(config.log_level)
-    os.umask(0o077)
+    os.umask(0o007)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     return Pool(config, notifier).run()
 

@@ -137,7 +137,7 @@ def claim(path: str, longest_name: str) -> int:
 
 def restrict(path: str, mode: int) -> None:
     """Give a socket file we just bound its mode (after checking it is still a socket: chmod
-    follows symlinks). The process's umask (0077) keeps it closed until then."""
+    follows symlinks). It was bound under umask 0077, closed until then."""
     st = os.lstat(path)
     if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
         raise RuntimeDirError(f"{path} is not the socket this process bound")
