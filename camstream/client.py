@@ -391,10 +391,9 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"{health.get('status', 'ok')}: up {duration(health['uptime_s'])}; "
-             f"{workers_line(health['workers'])}; "
-             f"ingest restarts {health['ingest']['restarts']}"]
-    lines += [f"  degraded: {reason}" for reason in health.get("reasons", [])]
+    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
+    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+                 f"ingest restarts {health['ingest']['restarts']}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

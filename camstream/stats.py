@@ -75,6 +75,7 @@ class Ledger:
         # workers are keyed by (host, pid): remote workers' pids may repeat local ones
         self._workers: dict[tuple, dict] = {}        # -> last stats of that worker process
         self._baseline: dict[tuple, dict] = {}       # -> its counts before this ingest began
+        self._baseline_errors: dict[tuple, dict] = {}  # -> its errors_by then
         self._worker_seen: dict[tuple, float] = {}   # -> monotonic time of its last stats
         self.supervisor: dict = {}
         self.pool: dict = {}                         # --ingest-only: the worker pool's report
@@ -104,6 +105,7 @@ class Ledger:
         if self.restarted and pid not in self._workers and \
                 report.get("started", 0) < self.started:
             self._baseline[pid] = report["clients"]
+            self._baseline_errors[pid] = report.get("errors_by") or {}
         self._workers[pid] = report
         self._worker_seen[pid] = time.monotonic()
         for name, seqs in report.get("done", {}).items():
@@ -117,14 +119,16 @@ class Ledger:
         out: dict[str, dict] = {}
         for pid, report in self._workers.items():
             base = self._baseline.get(pid, {})
+            base_errors = self._baseline_errors.get(pid, {})
+            errors_by = report.get("errors_by") or {}
             for name, c in report["clients"].items():
                 b = base.get(name, {})
                 o = out.setdefault(name, dict.fromkeys(WORKER_KEYS, 0))
                 for key in WORKER_KEYS:
                     o[key] += c.get(key, 0) - b.get(key, 0)
                 by = o.setdefault("errors_by", {})
-                for reason, n in (c.get("errors_by") or {}).items():
-                    n -= (b.get("errors_by") or {}).get(reason, 0)
+                for reason, n in (errors_by.get(name) or {}).items():
+                    n -= (base_errors.get(name) or {}).get(reason, 0)
                     if n:
                         by[reason] = by.get(reason, 0) + n
         return out

@@ -70,6 +70,8 @@ class Counts:
     __slots__ = ("processed", "errors", "processor_errors", "recorded", "record_errors",
                  "record_dropped", "errors_by")
 
+    NUMBERS = __slots__[:-1]   # what a report carries per client; errors_by goes apart
+
     def __init__(self) -> None:
         self.processed = 0
         self.errors = 0            # frames not processed: undecodable, or the processor failed
@@ -251,13 +253,15 @@ class Worker:
         return payload, jpeg
 
     def publish_stats(self) -> None:
-        clients = {name: {key: getattr(c, key) for key in Counts.__slots__}
-                   for name, c in list(self.counts.items())}
+        counts = list(self.counts.items())
+        clients = {name: {key: getattr(c, key) for key in Counts.NUMBERS}
+                   for name, c in counts}
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
              "host": HOST, "remote": self.remote, "stopping": self.stopping, "clients": clients,
-             "done": {name: seqs for name, seqs in self.finished.items() if seqs}}))
+             "done": {name: seqs for name, seqs in self.finished.items() if seqs},
+             "errors_by": {name: dict(c.errors_by) for name, c in counts if c.errors_by}}))
         for seqs in self.finished.values():
             seqs.clear()
 
