@@ -475,6 +475,15 @@ def demo(args: argparse.Namespace) -> int:
             sent = send(send_args, "")
             time.sleep(1.5)  # processed counts arrive twice a second
             print_status(url)
+            row = (client_counts(url, "demo", True) or {}) if not sent else {}
+            if row.get("processed"):
+                print(f"camstream demo: {row['processed']} of {row['received']} frames "
+                      "processed. Next: 'camstream serve' on the lab machine, and the app "
+                      "pointed at it (README: Connect the Android app)", file=sys.stderr)
+            elif not sent:
+                print("camstream demo: no frame was processed (see the lines above)",
+                      file=sys.stderr)
+                sent = 1
         except KeyboardInterrupt:
             pass
         finally:

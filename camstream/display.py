@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from camstream import subscribe
 from camstream.cli import CliError, add_runtime_dir, positive_float, runtime_dir_of
-from camstream.subscribe import Frame, Subscription
+from camstream.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,8 +155,11 @@ class Stream:
     fresh: bool = False               # newer than what the sink last showed
     # monotonic time of the newest frame; a new stream's idle time starts when it appears
     last_arrival: float = field(default_factory=time.monotonic)
-    fps: float | None = None          # the stream's rate, from ingest's sequence numbers
-    _anchor: tuple[float, int] | None = None
+    rate: StreamRate = field(default_factory=StreamRate)
+
+    @property
+    def fps(self) -> float | None:
+        return self.rate.fps
 
     @property
     def result(self) -> dict | None:
@@ -164,11 +167,7 @@ class Stream:
 
     def take(self, frame: Frame) -> None:
         now = time.monotonic()
-        if self._anchor is None or frame.seq < self._anchor[1]:
-            self._anchor = (now, frame.seq)
-        elif now - self._anchor[0] >= 1.0:
-            self.fps = (frame.seq - self._anchor[1]) / (now - self._anchor[0])
-            self._anchor = (now, frame.seq)
+        self.rate.update(frame.seq, now)
         self.frame = frame
         self.fresh = True
         self.last_arrival = now

@@ -458,17 +458,18 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
 
 def refuse_handshakes_while(draining, app):
-    """While ingest drains (SIGTERM), a new session is refused with ``503`` and the HTTP
-    connection closed. New TCP connections are already refused (the listening socket is
-    closed); this is for a client whose keep-alive connection is still open. Every socket.io
-    client retries after a 503; a Socket.IO connect error would tell it to give up."""
+    """While ingest drains (SIGTERM), a new session is refused with ``503`` (and the HTTP
+    connection closed: :class:`Handler`). New TCP connections are already refused (the
+    listening socket is closed); this is for a client whose keep-alive connection is still
+    open. Every socket.io client retries after a 503 (tests/test_conformance.py); a Socket.IO
+    connect error would tell JS 4.x to give up."""
     def middleware(environ, start_response):
         if draining() and environ.get("PATH_INFO", "").startswith("/socket.io") and \
                 "sid=" not in environ.get("QUERY_STRING", ""):
             body = b"camstream is stopping: try again in a moment\n"
-            start_response("503 Service Unavailable", [
+            start_response("503 Service Unavailable", [  # Handler adds Connection: close
                 ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
-                ("Retry-After", "1"), ("Connection", "close")])
+                ("Retry-After", "1")])
             return [body]
         return app(environ, start_response)
     return middleware
@@ -482,14 +483,16 @@ def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
 
 
 class Handler(WebSocketHandler):
-    """gevent-websocket's request handler, saying ``Connection: close`` on a refused websocket
-    upgrade (426, 400), after which it closes the connection: unsaid, an HTTP client that
-    keeps connections alive (node-fetch on Node 20) sends its next request into the closed
-    socket and gets "socket hang up"."""
+    """gevent-websocket's request handler, closing the connection after a refused websocket
+    upgrade (426, 400) and a 503 (the drain), and saying so (``Connection: close``, a header
+    WSGI apps may not set). gevent-websocket closed after a refused upgrade without saying it:
+    an HTTP client that keeps connections alive (node-fetch on Node 20) then sent its next
+    request into the closed socket and got "socket hang up"."""
 
     def start_response(self, status, headers, exc_info=None):
-        if not status.startswith("101") and \
-                self.environ.get("HTTP_UPGRADE", "").lower() == "websocket" and \
+        refused_upgrade = not status.startswith("101") and \
+            self.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if (refused_upgrade or status.startswith("503")) and \
                 not any(name.lower() == "connection" for name, _ in headers):
             headers = [*headers, ("Connection", "close")]
         return super().start_response(status, headers, exc_info)

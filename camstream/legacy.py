@@ -497,12 +497,13 @@ class Session:
             raise ProtocolError(f"unexpected socket.io packet type {kind}")
 
     def rejoin(self) -> None:
-        """A CONNECT after the client left the namespace: joined again, as a new login."""
+        """A CONNECT after the client left the namespace: joined again (it must log in again).
+        Unanswered, as socket.io 2 does for the default namespace (its ``40`` went with the
+        handshake)."""
         if self.server.ingest.connect(self.conn) is False:
             self.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
             return
         self.joined = True
-        self.send_sio(Packet(CONNECT))
 
     def on_event(self, pkt: Packet) -> None:
         """Dispatch by event name exactly as ``ingest.socketio_server`` does."""

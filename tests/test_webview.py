@@ -32,6 +32,22 @@ def tiles(driver) -> dict[str, int]:
     return shown
 
 
+def text_of(driver, element_id: str) -> str:
+    """An element's text, or "" while the page is being replaced (after a form's submit)."""
+    from selenium.common.exceptions import WebDriverException
+    try:
+        return driver.find_element("id", element_id).text
+    except WebDriverException:
+        return ""
+
+
+def log_in(driver, user: str, password: str) -> None:
+    wait_for(lambda: text_of(driver, "submit") == "Log in", 10, what="the login form")
+    driver.find_element("id", "username").send_keys(user)
+    driver.find_element("id", "password").send_keys(password)
+    driver.find_element("id", "submit").click()
+
+
 def tile_pixels(driver, name: str) -> np.ndarray:
     from selenium.webdriver.common.by import By
     canvas = driver.find_element(By.CSS_SELECTOR, f'section.tile[data-client="{name}"] canvas')
@@ -157,23 +173,17 @@ def test_login_required_under_auth_over_tls(daemons, streams, browsers, tmp_path
 
     driver = browsers("--ignore-certificate-errors").driver
     driver.get(web + "/")
-    driver.find_element("id", "username").send_keys("erin")
-    driver.find_element("id", "password").send_keys("wrong")
-    driver.find_element("id", "submit").click()
-    wait_for(lambda: "wrong user name or password" in driver.find_element("id", "message").text
-             or "too many" in driver.find_element("id", "message").text, 10,
+    log_in(driver, "erin", "wrong")
+    wait_for(lambda: "wrong user name or password" in text_of(driver, "message"), 10,
              what="the refusal on the login page")
     assert not tiles(driver)
     # a second wrong try at once is throttled, like a socket.io login
-    driver.find_element("id", "username").send_keys("erin")
-    driver.find_element("id", "password").send_keys("wrong again")
-    driver.find_element("id", "submit").click()
-    wait_for(lambda: "too many failed logins" in driver.find_element("id", "message").text, 10,
+    log_in(driver, "erin", "wrong again")
+    wait_for(lambda: "too many failed logins" in text_of(driver, "message"), 10,
              what="the throttle's answer")
+    assert not tiles(driver)
     time.sleep(1.2)  # past the first failures' delays (0.5 s, then 1 s)
-    driver.find_element("id", "username").send_keys("erin")
-    driver.find_element("id", "password").send_keys("right-one")
-    driver.find_element("id", "submit").click()
+    log_in(driver, "erin", "right-one")
     shows(driver, {"erin"})
     cookie = driver.get_cookie("camstream_view")
     assert cookie and cookie["httpOnly"] and cookie["secure"]
@@ -202,3 +212,24 @@ def test_web_flag_mistakes_are_one_line(argv, says):
                        text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_idle_connections_from_one_address_are_capped(daemons):
+    """An address holding MAX_PER_ADDRESS idle connections (a slowloris) gets its next one
+    closed at once; the view answers again as soon as they go."""
+    import socket
+
+    from camstream.webview import MAX_PER_ADDRESS
+    d = web_daemon(daemons)
+    held = [socket.create_connection(("127.0.0.1", int(d.web.rsplit(":", 1)[1])), timeout=5)
+            for _ in range(MAX_PER_ADDRESS)]
+    try:
+        time.sleep(0.5)  # the view has accepted them all
+        with pytest.raises(requests.ConnectionError):
+            requests.get(d.web + "/healthz", timeout=5)
+    finally:
+        for s in held:
+            s.close()
+    assert "refusing connections from 127.0.0.1" in d.output()
+    wait_for(lambda: requests.get(d.web + "/healthz", timeout=2).ok, 10,
+             what="the view to answer once the idle connections went")
