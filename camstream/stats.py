@@ -146,16 +146,16 @@ class Ledger:
         silent = time.monotonic() - since
         return silent if silent > POOL_STALE_S else None
 
-    def degraded(self, workers: dict) -> dict[str, str]:
-        """Why the daemon is not fully working, by kind (empty: ok)."""
+    def degraded(self, local_alive: int, expected: int | None) -> dict[str, str]:
+        """Why the daemon is not fully working, by kind (empty: ok). ``local_alive``: the
+        workers of this daemon (or of its pool) heard from lately, remote ones apart."""
         reasons = {}
         missing = self.pool_missing_s()
         if missing is not None:
             reasons["pool"] = (f"no worker pool: nothing heard from {self.pool_endpoint} for "
                                f"{missing:.0f} s")
-        expected = workers.get("expected")
-        if expected and workers["local"] < expected:
-            reasons["workers"] = f"{workers['local']} of {expected} workers alive"
+        if expected and local_alive < expected:
+            reasons["workers"] = f"{local_alive} of {expected} workers alive"
         uptime = time.time() - self.started
         if self.restarted and uptime < RESTARTED_RECENTLY_S:
             reasons["ingest"] = f"ingest restarted {uptime:.0f} s ago (clients reconnect)"
@@ -212,13 +212,13 @@ class Ledger:
         remote_alive = sum(1 for r in remote if r["alive"])
         local = pool["workers_alive"] if "workers_alive" in pool else \
             self.workers_alive() - remote_alive
-        workers = {"alive": local + remote_alive, "local": local, "remote_alive": remote_alive,
+        workers = {"alive": local + remote_alive,
                    "expected": pool.get("workers_expected", self.workers_configured),
                    "restarts": pool.get("worker_restarts", 0),
                    **({"remote": remote} if remote else {})}  # camstream worker
         if self.pool_endpoint:
             workers["pool"] = self.pool_endpoint
-        reasons = self.last_reasons = self.degraded(workers)
+        reasons = self.last_reasons = self.degraded(local, workers["expected"])
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": list(reasons.values()),
