@@ -94,6 +94,7 @@ class IpcBinds:
             sock, path, _ = entry
             if path not in gone:
                 continue
+            rundir.ensure(os.path.dirname(path))
             try:
                 os.unlink(path)  # an impostor in its place (the directory is ours alone)
             except OSError:
@@ -304,6 +305,7 @@ class BusProxy:
         self._open()
 
     def _open(self) -> None:
+        self._running = False
         self.xsub = self._ctx.socket(zmq.XSUB)
         self.xsub.setsockopt(zmq.RCVHWM, BUS_PUB_HWM)
         self.xsub.setsockopt(zmq.LINGER, 0)
@@ -314,8 +316,13 @@ class BusProxy:
         self._control_ep = f"inproc://bus-control-{id(self)}-{id(self.control)}"
         self.control.bind(self._control_ep)
         self.binds = IpcBinds()
-        self.binds.bind(self.xsub, self._runtime_dir, BUS_IN)
-        self.binds.bind(self.xpub, self._runtime_dir, BUS_OUT)
+        try:
+            self.binds.bind(self.xsub, self._runtime_dir, BUS_IN)
+            self.binds.bind(self.xpub, self._runtime_dir, BUS_OUT)
+        except (zmq.ZMQError, OSError, rundir.RuntimeDirError):
+            for sock in (self.xsub, self.xpub, self.control):
+                sock.close(0)
+            raise
         offer = self._offer
         if offer is not None:  # remote workers and ingest nodes; CURVE after the ipc binds
             for sock, tcp in ((self.xsub, offer.bus), (self.xpub, offer.bus_out)):
@@ -325,12 +332,16 @@ class BusProxy:
 
     def start(self) -> None:
         self._thread.start()
+        self._running = True
 
     def check(self) -> list[str]:
         """Socket files of the bus that were removed: if any, the proxy is started again on
-        new sockets (peers reconnect by themselves; what was in transit is lost)."""
-        gone = self.binds.gone()
-        if gone:
+        new sockets (peers reconnect by themselves; what was in transit is lost). Raises if
+        it cannot bind them; the next call tries again."""
+        gone = self.binds.gone() if self._running else ["(the bus is not bound)"]
+        if not gone:
+            return []
+        if self._running:
             log.warning("bus endpoints %s were removed from the runtime directory: binding "
                         "the bus again", ", ".join(gone))
             left = [p for p in (endpoint(self._runtime_dir, n)[6:] for n in (BUS_IN, BUS_OUT))
@@ -341,8 +352,9 @@ class BusProxy:
             while any(os.path.exists(p) for p in left) and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(0.05)
-            self._open()
-            self.start()
+        rundir.ensure(self._runtime_dir)
+        self._open()
+        self.start()
         return gone
 
     def _run(self) -> None:
@@ -358,6 +370,9 @@ class BusProxy:
             self.xpub.close(0)
 
     def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
         self.control.send(b"TERMINATE")
         self._thread.join(timeout=2)
         self.control.close(0)

@@ -135,6 +135,16 @@ def claim(path: str, longest_name: str) -> int:
     return fd
 
 
+def ensure(path: str) -> None:
+    """The directory again, if it was removed under a running daemon (to bind its sockets
+    again), checked as at the start."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        pass
+    check_owned(path, os.lstat(path))
+
+
 def restrict(path: str, mode: int) -> None:
     """Give a socket file we just bound its mode (after checking it is still a socket: chmod
     follows symlinks). It was bound under umask 0077, closed until then."""

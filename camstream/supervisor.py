@@ -32,6 +32,7 @@ import zmq
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
+from camstream.rundir import RuntimeDirError
 from camstream.stats import WORKER_STALE_S  # what /healthz calls alive
 
 log = logging.getLogger("camstream.supervisor")
@@ -106,6 +107,7 @@ class Supervisor:
         self.ready = False
         self.last_tick = 0.0
         self.last_turn = 0.0          # when the loop last ran (see judge_own_stall)
+        self.bus_failed = False       # the bus could not be bound again (check_bus)
         self.last_watchdog = 0.0
         self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
@@ -126,8 +128,7 @@ class Supervisor:
                     break
                 self.judge_own_stall()
                 self.read_heartbeats()
-                if self.proxy is not None:
-                    self.proxy.check()  # its socket files removed: bind the bus again
+                self.check_bus()
                 self.murder()
                 self.reap()
                 self.manage()
@@ -332,6 +333,20 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is None and not slot.retiring and now >= slot.not_before:
                 self.spawn(slot)
+
+    def check_bus(self) -> None:
+        """The bus's socket files removed: bind it again; if that fails (the directory taken
+        over, say), say so once, and try again every turn."""
+        if self.proxy is None:
+            return
+        try:
+            self.proxy.check()
+            self.bus_failed = False
+        except (zmq.ZMQError, OSError, RuntimeDirError) as e:
+            if not self.bus_failed:
+                log.error("cannot bind the bus again in %s: %s (no child can report until "
+                          "it is)", self.config.runtime_dir, e)
+            self.bus_failed = True
 
     def judge_own_stall(self) -> None:
         """Silence is judged against this loop: if the supervisor itself did not run (SIGSTOP,
