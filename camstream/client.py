@@ -386,7 +386,8 @@ def workers_line(w: dict) -> str:
     remote_alive = sum(1 for r in remote if r["alive"])
     local_alive = w["alive"] - remote_alive
     if w.get("expected") is None:
-        text = "workers: no pool has reported yet"
+        text = (f"workers: the pool at {w['pool']} is missing" if w.get("pool")
+                else "workers: no pool has reported yet")
     else:
         text = (f"workers: {local_alive} of {w['expected']} alive here "
                 f"({w['restarts']} restarts)")
@@ -398,8 +399,9 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
-             f"ingest restarts {health['ingest']['restarts']}"]
+    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
+    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+                 f"ingest restarts {health['ingest']['restarts']}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)
