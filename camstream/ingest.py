@@ -32,7 +32,7 @@ from geventwebsocket.handler import WebSocketHandler
 from camstream import bus, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
-from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
+from camstream.limits import ConnectionCount, FrameRate, LoginThrottle, transport_cap
 from camstream.routing import Router
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
@@ -361,7 +361,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
         # third); only beyond that does the transport drop the connection
-        max_http_buffer_size=int(config.max_frame_bytes * 1.5) + 65536,
+        max_http_buffer_size=transport_cap(config.max_frame_bytes),
         serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
 
     @sio.event
@@ -436,7 +436,7 @@ def main() -> int:
     except UsersError as e:
         log.error("%s", e)
         return 2
-    wsfast.install()
+    wsfast.install(transport_cap(config.max_frame_bytes))  # before a payload is read
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
     sio = socketio_server(ingest, config)

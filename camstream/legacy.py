@@ -73,6 +73,9 @@ from socketio.packet import (
     Packet,
 )
 
+from camstream.limits import transport_cap
+from camstream.wsfast import CLOSE_TOO_BIG, MessageTooBig, check_length, close_with
+
 log = logging.getLogger("camstream.legacy")
 
 MAX_ATTACHMENTS = 8         # binary attachments of one Socket.IO packet
@@ -296,6 +299,7 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
             raise ProtocolError("websocket frame with reserved bits set (no extension agreed)")
         op = header.opcode
         if op >= 8:
+            check_length(header, 0, limit)  # a control frame: 125 bytes at most
             payload = ws.raw_read(header.length) if header.length else b""
             if header.mask and payload:
                 payload = header.unmask_payload(payload)
@@ -314,9 +318,8 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
             opcode = op
         elif op != WebSocket.OPCODE_CONTINUATION or opcode is None:
             raise ProtocolError(f"unexpected websocket opcode {op}")
+        check_length(header, size, limit)  # MessageTooBig, before the payload is read
         size += header.length
-        if size > limit:
-            raise ProtocolError(f"message of {size}+ bytes exceeds the limit of {limit}")
         payload = ws.raw_read(header.length) if header.length else b""
         if len(payload) != header.length:
             raise WebSocketError("unexpected EOF in a websocket frame")
@@ -686,7 +689,7 @@ class LegacyServer:
                 session.queue.put((NOOP, None))  # the client pauses polling: let it finish
                 if read_ws_message(ws, 64, session.lock) != "5":
                     raise ProtocolError("websocket probe not followed by upgrade")
-        except (gevent.Timeout, ProtocolError, WebSocketError, OSError) as e:
+        except (gevent.Timeout, ProtocolError, MessageTooBig, WebSocketError, OSError) as e:
             log.info("legacy client %s: websocket upgrade abandoned: %s", session.sid,
                      e or "timeout")
             session.upgrading = False
@@ -739,6 +742,11 @@ class LegacyServer:
         except ProtocolError as e:
             if not session.closed:
                 session.protocol_error(str(e))
+        except MessageTooBig as e:  # its payload unread: 1009, then the session closes
+            if not session.closed:
+                with gevent.Timeout(1.0, False), session.lock:
+                    close_with(ws, CLOSE_TOO_BIG, b"message too big")
+                session.protocol_error(str(e))
         except Exception as e:  # EOF, reset, or the socket shut down by close()
             if not session.closed:
                 if isinstance(e, (OSError, WebSocketError)):
@@ -789,4 +797,4 @@ class LegacyServer:
 def wrap(app, ingest, config):
     """Route ``EIO=3`` requests to the legacy revision; everything else goes to ``app``."""
     return LegacyServer(app, ingest, config.ping_interval, config.ping_timeout,
-                        int(config.max_frame_bytes * 1.5) + 65536)
+                        transport_cap(config.max_frame_bytes))

@@ -5,6 +5,13 @@ from __future__ import annotations
 import time
 
 
+def transport_cap(max_frame_bytes: int) -> int:
+    """The largest message a transport takes (a websocket message, a polling body): a frame
+    just over ``--max-frame-size`` is still read and refused politely, with a reason, up to
+    1.5 times it (base64 over polling adds a third); beyond it the connection is closed."""
+    return int(max_frame_bytes * 1.5) + 65536
+
+
 class FrameRate:
     """A token bucket: ``rate`` frames a second on average, bursts of up to one second's worth."""
 

@@ -117,3 +117,88 @@ def test_control_characters_from_a_client_are_escaped_in_the_log(daemons):
     assert "\x1b" not in out and "\x07" not in out, [ln for ln in out.splitlines()
                                                      if "\x1b" in ln or "\x07" in ln]
     assert "\\x1b[2J\\x1b[31mpwned\\x07" in out
+
+
+# -- 7. a websocket frame announcing more than the limit ---------------------------------------
+
+def raw_websocket(port: int, eio: int) -> tuple[socket.socket, bytes]:
+    """A websocket handshake by hand: the socket, and what came after the 101."""
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    s.sendall(f"GET /socket.io/?EIO={eio}&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+              f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+              "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(4096)
+    assert got.startswith(b"HTTP/1.1 101"), got[:100]
+    return s, got.split(b"\r\n\r\n", 1)[1]
+
+
+class Received:
+    """What the server sends on a raw socket, read by a thread of its own while the test
+    writes (a reset would otherwise discard what was not read yet)."""
+
+    def __init__(self, s: socket.socket, early: bytes = b"") -> None:
+        self.data = early
+        self.thread = threading.Thread(target=self._read, args=(s,), daemon=True)
+        self.thread.start()
+
+    def _read(self, s: socket.socket) -> None:
+        try:
+            while chunk := s.recv(65536):
+                self.data += chunk
+        except OSError:
+            pass
+
+    def close_code(self, timeout: float = 5.0) -> int | None:
+        """The status code of the server's close frame (None if it sent none)."""
+        self.thread.join(timeout)
+        data, pos = self.data, 0
+        while pos + 2 <= len(data):  # unmasked server frames: walk to the close frame
+            op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
+            head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if n == 126:
+                n = int.from_bytes(data[pos + 2:pos + 4], "big")
+            elif n == 127:
+                n = int.from_bytes(data[pos + 2:pos + 10], "big")
+            if op == 8:
+                return int.from_bytes(data[pos + head:pos + head + 2], "big") if n >= 2 \
+                    else None
+            pos += head + n
+        return None
+
+
+@pytest.mark.parametrize("eio", [4, 3])
+def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemons, eio):
+    """A frame header announcing 2 GiB, then 200 MB of it: ingest closes the websocket with
+    1009 after the header, its memory stays flat, and another client streams on."""
+    d = daemons("--max-frame-size", "1MiB", workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    s, early = raw_websocket(d.port, eio)
+    received = Received(s, early)
+    s.sendall(b"\x82\xff" + (2 ** 31).to_bytes(8, "big") + b"\0\0\0\0")  # binary, masked
+    chunk = b"\0" * MiB
+    sent = 0
+    try:
+        s.settimeout(5)
+        for _ in range(200):
+            s.sendall(chunk)
+            sent += 1
+    except OSError:
+        pass
+    peak = ingest_rss(d)
+    code = received.close_code()
+    s.close()
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    print(f"EIO{eio}: sent {sent} MB of a 2 GiB frame; ingest RSS {before:.0f} -> "
+          f"{peak:.0f} MB; close code {code}")
+    assert code == 1009
+    assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
+    assert other["error"] is None and other["failed"] == 0
