@@ -82,6 +82,7 @@ MAX_ATTACHMENTS = 8         # binary attachments of one Socket.IO packet
 MAX_PAYLOAD_PACKETS = 256   # Engine.IO packets in one polling payload
 UPGRADE_TIMEOUT = 10.0      # seconds from websocket probe to upgrade (as engine.io 3)
 CLOSED_GRACE = 5.0          # seconds a closed polling session waits for its last poll
+MAX_PING_DATA = 64          # characters of a ping's data (clients send none, or "probe")
 TEXT_TYPE = "text/plain; charset=UTF-8"
 BINARY_TYPE = "application/octet-stream"
 
@@ -341,6 +342,21 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
 
 # -- sessions ----------------------------------------------------------------------------------
 
+class OutgoingQueue(gevent.queue.Queue):
+    """A session's packets awaiting a poll, ``(type, data)``, with their bytes counted."""
+
+    nbytes = 0
+
+    def _put(self, item) -> None:
+        self.nbytes += len(item[1] or "")
+        super()._put(item)
+
+    def _get(self):
+        item = super()._get()
+        self.nbytes -= len(item[1] or "")
+        return item
+
+
 class Session:
     """One Engine.IO 3 client: its transport (long polling, then maybe a websocket), its
     heartbeat clock, the Socket.IO packet awaiting attachments, and its ``Conn``."""
@@ -351,7 +367,7 @@ class Session:
         self.sid = sid
         self.address = address
         self.b64 = b64
-        self.queue: gevent.queue.Queue = gevent.queue.Queue()  # (type, data) for the next poll
+        self.queue = OutgoingQueue()  # (type, data) for the next poll
         self.ws: WebSocket | None = None
         self.lock = gevent.lock.Semaphore()  # one writer at a time on the websocket
         self.reader: gevent.Greenlet | None = None
@@ -371,6 +387,8 @@ class Session:
             return
         if self.ws is None:
             self.queue.put((ptype, data))
+            if self.queue.nbytes > self.server.max_queued:  # a client that does not poll
+                self.overflow()
             return
         try:
             with self.lock:
@@ -405,6 +423,16 @@ class Session:
         log.warning("legacy client %s (%s): protocol error, closing: %s", self.sid,
                     self.address, reason)
         self.close(f"protocol error: {reason}")
+
+    def overflow(self) -> None:
+        """More than --max-queued-bytes awaits a poll: what waits is dropped, the session
+        closed (its next poll gets the close packet)."""
+        size = self.queue.nbytes
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.server.ingest.ledger.limit_hits["outgoing_queue"] += 1
+        self.protocol_error(f"{size} bytes waiting for a poll (--max-queued-bytes "
+                            f"{self.server.max_queued})")
 
     def close(self, reason: str) -> None:
         """Close once, whoever asks: tell ingest, then end the transport."""
@@ -446,6 +474,9 @@ class Session:
         if ptype == MESSAGE:
             self.on_message(data)
         elif ptype == PING:
+            if data and len(data) > MAX_PING_DATA:
+                self.server.ingest.ledger.limit_hits["ping_too_big"] += 1
+                raise ProtocolError(f"a ping of {len(data)} bytes (at most {MAX_PING_DATA})")
             self.send(PONG, data or None)
         elif ptype == CLOSE:
             self.close("client disconnect")
@@ -514,15 +545,17 @@ class LegacyServer:
     :param ping_interval: seconds between the client's pings, announced at the handshake.
     :param ping_timeout: seconds more of silence before a client is dropped.
     :param max_message: largest message (websocket message or polling body), in bytes.
+    :param max_queued: bytes a session may have waiting for a poll before it is closed.
     """
 
     def __init__(self, app, ingest, ping_interval: float, ping_timeout: float,
-                 max_message: int, path: str = "/socket.io") -> None:
+                 max_message: int, path: str = "/socket.io", max_queued: int = 1 << 20) -> None:
         self.app = app
         self.ingest = ingest
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_message = max_message
+        self.max_queued = max_queued
         self.path = path
         self.sessions: dict[str, Session] = {}
         self.sweeper = gevent.spawn(self.sweep)
@@ -797,4 +830,5 @@ class LegacyServer:
 def wrap(app, ingest, config):
     """Route ``EIO=3`` requests to the legacy revision; everything else goes to ``app``."""
     return LegacyServer(app, ingest, config.ping_interval, config.ping_timeout,
-                        transport_cap(config.max_frame_bytes))
+                        transport_cap(config.max_frame_bytes),
+                        max_queued=config.max_queued_bytes)

@@ -82,6 +82,8 @@ class Ledger:
         self.started = time.time()
         self.connection_limits: list = []  # ingest's ConnectionCounts: their refusals shown
         self.owners: dict[str, int] = {}   # --route client: the worker each client is bound to
+        # what ingest's limits stopped (camstream.limits): limit name -> times
+        self.limit_hits: collections.Counter = collections.Counter()
 
     def client(self, name: str) -> ClientCounts:
         counts = self.clients.get(name)
@@ -172,6 +174,8 @@ class Ledger:
             "totals": totals,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)
             "refused_connections": sum(c.refused for c in self.connection_limits),
+            # connections and requests stopped by a limit, by limit (see camstream.limits)
+            "limits": dict(sorted(self.limit_hits.items())),
         }
 
 
@@ -211,3 +215,8 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily("camstream_connections_refused",
                                   "Connections refused by --max-connections-per-ip",
                                   value=health["refused_connections"])
+        hits = CounterMetricFamily("camstream_limit_hits", "Connections and requests stopped "
+                                   "by a limit (a flag of camstream serve)", labels=["limit"])
+        for name, n in health["limits"].items():
+            hits.add_metric([name], n)
+        yield hits

@@ -202,3 +202,38 @@ def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemon
     assert code == 1009
     assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
     assert other["error"] is None and other["failed"] == 0
+
+
+# -- 6. Engine.IO 3 pings echoed into a queue nobody polls ------------------------------------
+
+def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
+    """Unauthenticated Engine.IO 3 sessions POST pings and never poll: the pong queue is
+    bounded in bytes (the session closed beyond it) and so is each ping; ingest's memory stays
+    flat and a streaming client does not notice."""
+    d = daemons(workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    big = RawPoll(d.url, eio=3)
+    mb_ping = "2" + "x" * MiB
+    statuses = [big.post(big.packets(*[mb_ping] * 6)) for _ in range(60)]
+    after_big = ingest_rss(d)
+    small = RawPoll(d.url, eio=3)
+    ping = "2" + "y" * 60
+    small_statuses = [small.post(small.packets(*[ping] * 256)) for _ in range(200)]
+    after_small = ingest_rss(d)
+    status, body = small.get(timeout=5)
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    limits = d.health().get("limits", {})
+    print(f"1 MB pings: POST statuses {sorted(set(statuses))}, ingest RSS {before:.0f} -> "
+          f"{after_big:.0f} MB; 60-byte pings: statuses {sorted(set(small_statuses))}, "
+          f"-> {after_small:.0f} MB; the GET then returned {len(body)} bytes; limits {limits}")
+    assert statuses[0] == 400 and set(statuses[1:]) == {400}
+    assert 400 in small_statuses and len(body) < 2 * MiB
+    assert after_small - before < 30, f"ingest grew {after_small - before:.0f} MB"
+    assert limits.get("ping_too_big") == 1 and limits.get("outgoing_queue") == 1
+    assert other["error"] is None and other["failed"] == 0
