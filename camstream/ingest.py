@@ -11,6 +11,7 @@ would otherwise keep the loop to itself.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -45,12 +46,18 @@ RESULT_ERRORS_LOGGED: set[type] = set()  # --emit-results: kinds of failure logg
 
 
 class Conn:
-    """One client connection, whichever protocol revision it speaks."""
+    """One client connection, whichever protocol revision it speaks.
 
-    __slots__ = ("sid", "address", "name", "counts", "emit", "disconnect", "logged", "rate")
+    ``sid`` is the transport's session id: with long polling, it is the connection's only
+    credential, so it never leaves ingest (not in a log line at INFO, not on the bus).
+    ``number`` names the connection everywhere else."""
+
+    __slots__ = ("sid", "number", "address", "name", "counts", "emit", "disconnect", "logged",
+                 "rate")
 
     def __init__(self, sid: str, address: str, emit, disconnect) -> None:
         self.sid = sid
+        self.number = "?"  # given by Ingest.connect
         self.address = address
         self.name: str | None = None
         self.counts: ClientCounts | None = None
@@ -58,6 +65,11 @@ class Conn:
         self.disconnect = disconnect  # disconnect() this client
         self.logged: set[str] = set()
         self.rate: FrameRate | None = None
+
+    @property
+    def label(self) -> str:
+        """How log lines name the connection."""
+        return f"connection {self.number} from {self.address}"
 
 
 class Ingest:
@@ -73,6 +85,8 @@ class Ingest:
             self.ledger.workers_configured = config.workers
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
+        self.numbered: dict[str, Conn] = {}  # the same, by connection number
+        self.numbers = itertools.count(1)
         self.connections = ConnectionCount(config.max_connections_per_ip)
         self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
         self.throttle = LoginThrottle()
@@ -111,18 +125,21 @@ class Ingest:
                 log.warning("refusing connections from %s: it has %d open "
                             "(--max-connections-per-ip)", conn.address, self.connections.limit)
             return False
+        conn.number = str(next(self.numbers))
         self.conns[conn.sid] = conn
-        log.info("connection %s from %s", conn.sid, conn.address)
+        self.numbered[conn.number] = conn
+        log.info("%s", conn.label)
+        log.debug("connection %s is transport session %s", conn.number, conn.sid)
         return True
 
     def disconnect(self, conn: Conn, reason: str = "") -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
+        self.numbered.pop(conn.number, None)
         self.connections.release(conn.address)
         if conn.name:
             self._leave(conn)
-        log.info("connection %s from %s closed%s", conn.sid, conn.address,
-                 f" ({reason})" if reason else "")
+        log.info("%s closed%s", conn.label, f" ({reason})" if reason else "")
 
     def login(self, conn: Conn, username, password) -> bool:
         """Check credentials (any, without --auth) and attach the connection to its stream."""
@@ -151,13 +168,13 @@ class Ingest:
         conn.counts = self.ledger.client(name)
         conn.rate = FrameRate(self.config.max_fps)
         self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
-        self.dispatcher.open(conn.sid, name, conn.counts)
+        self.dispatcher.open(conn.number, name, conn.counts)
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
-        log.info("%s logged in as %r from %s", conn.sid, name, conn.address)
+        log.info("%s logged in as %r", conn.label, name)
         return True
 
     def _leave(self, conn: Conn) -> None:
-        self.dispatcher.close(conn.sid)
+        self.dispatcher.close(conn.number)
         left = self.ledger.connected.get(conn.name, 1) - 1
         self.ledger.connected[conn.name] = left
         if not left:
@@ -193,8 +210,8 @@ class Ingest:
                                conn.name or conn.address, reason)
                 return {"accepted": False, "seq": seq, "reason": reason}
             jpeg = args[-1]
-            header = wire.Header(conn.name, conn.sid, seq, time.time_ns(), len(jpeg)).pack()
-            self.dispatcher.offer(conn.sid, header, jpeg, seq)
+            header = wire.Header(conn.name, conn.number, seq, time.time_ns(), len(jpeg)).pack()
+            self.dispatcher.offer(conn.number, header, jpeg, seq)
             return {"accepted": True, "seq": seq, "dropped": counts.dropped}
         finally:
             gevent.sleep(0)
@@ -279,7 +296,7 @@ class Ingest:
             parts = sub.recv_multipart(copy=False)
             try:
                 header = wire.Header.unpack(parts[1].buffer)
-                conn = self.conns.get(header.session)
+                conn = self.numbered.get(header.session)
                 if conn is not None and conn.name == header.client:
                     conn.emit("result", json.loads(parts[2].bytes))
             except Exception as e:  # a bad message or a closing connection: skip it
@@ -373,6 +390,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         if not ingest.connect(conn):
             raise socketio.exceptions.ConnectionRefusedError(
                 "shutting down" if ingest.draining else "too many connections")
+        environ["camstream.connection"] = conn.label  # for sioserver's log lines
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")

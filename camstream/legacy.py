@@ -420,8 +420,7 @@ class Session:
     # -- closing ----------------------------------------------------------------------------
 
     def protocol_error(self, reason: str) -> None:
-        log.warning("legacy client %s (%s): protocol error, closing: %s", self.sid,
-                    self.address, reason)
+        log.warning("legacy %s: protocol error, closing: %s", self.conn.label, reason)
         self.close(f"protocol error: {reason}")
 
     def overflow(self) -> None:
@@ -447,7 +446,7 @@ class Session:
         try:
             self.server.ingest.disconnect(self.conn, reason)
         except Exception:
-            log.exception("legacy client %s: ingest.disconnect failed", self.sid)
+            log.exception("legacy %s: ingest.disconnect failed", self.conn.label)
         if self.ws is not None:
             self._close_ws(self.ws, self.reader)
 
@@ -699,7 +698,7 @@ class LegacyServer:
                 session.protocol_error(str(e))
                 return self.error(start_response, environ, 3, "Bad request")
             except Exception:
-                log.exception("legacy client %s: error handling a packet", session.sid)
+                log.exception("legacy %s: error handling a packet", session.conn.label)
                 session.close("internal error")
                 return self.error(start_response, environ, 3, "Bad request")
         finally:
@@ -723,7 +722,7 @@ class LegacyServer:
                 if read_ws_message(ws, 64, session.lock) != "5":
                     raise ProtocolError("websocket probe not followed by upgrade")
         except (gevent.Timeout, ProtocolError, MessageTooBig, WebSocketError, OSError) as e:
-            log.info("legacy client %s: websocket upgrade abandoned: %s", session.sid,
+            log.info("legacy %s: websocket upgrade abandoned: %s", session.conn.label,
                      e or "timeout")
             session.upgrading = False
             Session._close_ws(ws, None)
@@ -785,7 +784,7 @@ class LegacyServer:
                 if isinstance(e, (OSError, WebSocketError)):
                     reason = f"transport error: {e or type(e).__name__}"
                 else:
-                    log.exception("legacy client %s: error handling a packet", session.sid)
+                    log.exception("legacy %s: error handling a packet", session.conn.label)
                     reason = "internal error"
         finally:
             session.close(reason)

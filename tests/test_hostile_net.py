@@ -237,3 +237,60 @@ def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
     assert after_small - before < 30, f"ingest grew {after_small - before:.0f} MB"
     assert limits.get("ping_too_big") == 1 and limits.get("outgoing_queue") == 1
     assert other["error"] is None and other["failed"] == 0
+
+
+# -- 2. transport session ids: the credential of a polling session ----------------------------
+
+def test_no_session_id_reaches_the_log_or_the_bus(daemons):
+    """Both revisions, both transports, a login, frames and a protocol error each: no
+    Engine.IO (or Socket.IO) session id in the INFO log or in any bus message, while the
+    frame headers on the bus still name each connection by ingest's number for it."""
+    import socketio
+    import zmq
+
+    from camstream import bus, wire
+    d = daemons(workers=1)
+    ctx = zmq.Context()
+    sub = bus.bus_sub(ctx, str(d.runtime_dir), b"")
+    time.sleep(0.5)  # the subscription reaches the proxy
+    sids, jpeg = [], make_jpeg(160, 120)
+    for transport in ("websocket", "polling"):
+        sio = socketio.Client(reconnection=False)
+        sio.connect(d.url, transports=[transport], wait_timeout=10,
+                    auth={"username": f"cur-{transport}", "password": ""})
+        assert sio.call("frame", ({}, jpeg), timeout=10)["accepted"]
+        sids += [sio.sid, sio.eio.sid]
+        sio.disconnect()
+    ws = RawWS(d.port, eio=3)
+    sids.append(ws.opening["sid"])
+    assert ws.login("leg-ws", "") is True
+    ws.binary_frame(jpeg, ack=7)
+    ws.send("4garbage")  # a protocol error, logged
+    ws.close()
+    p = RawPoll(d.url, eio=3)
+    sids.append(p.sid)
+    assert p.post(p.packets('42["authenticate","leg-poll","","onAuth"]')) == 200
+    assert p.post(p.packets('451-["receiveImage",{"_placeholder":true,"num":0}]',
+                            "b4" + base64.b64encode(jpeg).decode())) == 200
+    assert p.post(p.packets("9bad")) == 400
+    p4 = RawPoll(d.url, eio=4)
+    sids.append(p4.sid)
+    assert p4.post("4{not socket.io") in (200, 400)
+    wait_for(lambda: sum(r["processed"] for r in d.health()["clients"].values()) >= 4, 15,
+             what="the four frames processed")
+    messages, deadline = [], time.monotonic() + 2  # stats flow on: read what came, 2 s more
+    while time.monotonic() < deadline and sub.poll(200):
+        messages.append(sub.recv_multipart())
+    sub.close()
+    ctx.term()
+    raw = [m for m in messages if m[0].startswith(wire.RAW)]
+    assert len(raw) >= 4
+    sessions = {wire.Header.unpack(m[1]).session for m in raw}
+    assert all(s.isdigit() for s in sessions) and len(sessions) == 4, sessions
+    blob = b"\n".join(b"".join(m) for m in messages)
+    log = d.output()
+    assert "protocol error" in log
+    for sid in sids:
+        assert sid and sid.encode() not in blob, f"session id {sid} on the bus"
+        assert sid not in log, f"session id {sid} in the log: " + next(
+            ln for ln in log.splitlines() if sid in ln)
