@@ -11,6 +11,9 @@ would otherwise keep the loop to itself.
 """
 from __future__ import annotations
 
+import base64
+import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -113,6 +116,8 @@ class Ingest:
             worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm))
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
+        self.anonymous_registry = prometheus_client.CollectorRegistry()  # no client names
+        self.anonymous_registry.register(LedgerCollector(self.ledger, names=False))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -148,18 +153,8 @@ class Ingest:
         except UsersError as e:
             log.warning("login refused from %s: %s", conn.address, e)
             return False
-        if self.config.auth:
-            wait = self.throttle.wait(conn.address, name)
-            if wait:
-                log.warning("login refused for user %r from %s: too many failed logins, "
-                            "next try in %.1f s", name, conn.address, wait)
-                return False
-            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
-            if not ok:
-                self.throttle.failed(conn.address, name)
-                log.warning("login failed for user %r from %s", name, conn.address)
-                return False
-            self.throttle.succeeded(conn.address, name)
+        if self.config.auth and not self.check_password(conn.address, name, password):
+            return False
         if conn.sid not in self.conns:  # it left while the password was being checked
             return False
         if conn.name:
@@ -172,6 +167,26 @@ class Ingest:
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
         log.info("%s logged in as %r", conn.label, name)
         return True
+
+    def check_password(self, address: str, name: str, password) -> bool:
+        """The users file's verdict, through the login throttle (camstream.limits): the
+        attempt is counted before the password is hashed (in the hub's thread pool)."""
+        refused, slow = self.throttle.begin(address, name)
+        if refused:
+            self.ledger.limit_hits["login_throttled"] += 1
+            log.warning("login refused for user %r from %s: too many failed logins, "
+                        "next try in %.1f s", name, address, refused)
+            return False
+        ok = False
+        try:
+            if slow:
+                gevent.sleep(slow)  # failures for this name from anywhere: slowed, not refused
+            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
+        finally:
+            self.throttle.end(address, name, ok)
+        if not ok:
+            log.warning("login failed for user %r from %s", name, address)
+        return ok
 
     def _leave(self, conn: Conn) -> None:
         self.dispatcher.close(conn.number)
@@ -325,15 +340,45 @@ class Ingest:
 
     # -- HTTP --------------------------------------------------------------------------------
 
+    def may_see_names(self, environ) -> bool:
+        """Under -a, client names (user names: an attacker's list of whom to guess) are for
+        callers who prove who they are: HTTP basic auth of a user of the users file (through
+        the login throttle), ``Authorization: Bearer`` --metrics-token, or a loopback
+        address with --metrics-trust-loopback. Without -a names are not secrets."""
+        if not self.config.auth:
+            return True
+        address = environ.get("REMOTE_ADDR", "?")
+        if self.config.metrics_trust_loopback:
+            try:
+                if ipaddress.ip_address(address).is_loopback:
+                    return True
+            except ValueError:
+                pass
+        kind, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if kind.lower() == "bearer" and self.config.metrics_token:
+            return hmac.compare_digest(credentials.strip().encode(),
+                                       self.config.metrics_token.encode())
+        if kind.lower() == "basic":
+            try:
+                name, _, password = base64.b64decode(credentials.strip(), validate=True) \
+                    .decode("utf-8").partition(":")
+                name = check_name(name)
+            except (ValueError, UsersError):
+                return False
+            return self.check_password(address, name, password)
+        return False
+
     def http_app(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/metrics"):
             self.read_stats()
+        names = path in ("/healthz", "/metrics") and self.may_see_names(environ)
         if path == "/healthz":
-            body = json.dumps(self.ledger.health(), indent=1).encode()
+            body = json.dumps(self.ledger.health(names), indent=1).encode()
             ctype = "application/json"
         elif path == "/metrics":
-            body = prometheus_client.generate_latest(self.registry)
+            body = prometheus_client.generate_latest(
+                self.registry if names else self.anonymous_registry)
             ctype = prometheus_client.CONTENT_TYPE_LATEST
         elif path == "/":
             body = b"camstream is running: see /healthz and /metrics\n"

@@ -137,7 +137,9 @@ class Ledger:
                  "processed": sum(c["processed"] for c in r["clients"].values())}
                 for (host, pid), r in sorted(self._workers.items()) if r.get("remote")]
 
-    def health(self) -> dict:
+    def health(self, with_names: bool = True) -> dict:
+        """The /healthz view. ``with_names=False`` (under -a, for a caller who has not proved who
+        they are): the per-client rows left out, their number said; totals stay."""
         done = self.processed()
         clients = {}
         totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
@@ -161,6 +163,9 @@ class Ledger:
         sup = self.supervisor
         pool = self.pool or sup  # an ingest node's workers are the pool's
         remote = self.remote_workers()
+        hidden = {} if with_names else {"clients_hidden": len(clients)}
+        if not with_names:
+            clients = {}
         return {
             "status": "ok",
             "uptime_s": round(time.time() - self.started, 1),
@@ -171,6 +176,7 @@ class Ledger:
                         **({"remote": remote} if remote else {})},  # camstream worker
             "ingest": {"restarts": sup.get("ingest_restarts", 0)},
             "clients": clients,
+            **hidden,
             "totals": totals,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)
             "refused_connections": sum(c.refused for c in self.connection_limits),
@@ -182,11 +188,12 @@ class Ledger:
 class LedgerCollector(Collector):
     """Prometheus view of the ledger, computed at scrape time (nothing on the hot path)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, names: bool = True) -> None:
         self.ledger = ledger
+        self.names = names  # False: no per-client series (Ledger.health)
 
     def collect(self) -> Iterator:
-        health = self.ledger.health()
+        health = self.ledger.health(self.names)
         help_ = {
             "received": "Frames that arrived from the client",
             "dispatched": "Frames handed to the worker pool",

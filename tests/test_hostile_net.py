@@ -294,3 +294,110 @@ def test_no_session_id_reaches_the_log_or_the_bus(daemons):
         assert sid and sid.encode() not in blob, f"session id {sid} on the bus"
         assert sid not in log, f"session id {sid} in the log: " + next(
             ln for ln in log.splitlines() if sid in ln)
+
+
+# -- 10 and 11. login throttling that locks nobody out; names for callers who prove who -------
+
+def ws_login(port: int, source: str, name: str, password: str) -> bool:
+    ws = RawWS(port, eio=4, source=source, timeout=10)
+    try:
+        answer = ws.connect({"username": name, "password": password})
+        return isinstance(answer, str) and answer.startswith("40{")
+    finally:
+        ws.close()
+
+
+def test_guesses_from_another_address_do_not_lock_a_user_out(daemons, tmp_path):
+    """127.0.0.2 guesses alice's password 3 times a second for the whole test; alice, at
+    127.0.0.1 with the right one, logs in 12 times."""
+    users = make_users(tmp_path, alice="wonderland-42")
+    d = daemons("-a", "--users", str(users), workers=1)
+    stop, guesses = threading.Event(), []
+
+    def guess():
+        while not stop.is_set():
+            guesses.append(ws_login(d.port, "127.0.0.2", "alice", f"guess-{len(guesses)}"))
+            stop.wait(1 / 3)
+    attacker = threading.Thread(target=guess, daemon=True)
+    attacker.start()
+    time.sleep(3)  # the attacker's delays have grown
+    results, waits = [], []
+    for _ in range(12):
+        t0 = time.monotonic()
+        results.append(ws_login(d.port, "127.0.0.1", "alice", "wonderland-42"))
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.5)
+    stop.set()
+    attacker.join(15)
+    log = d.output()
+    print(f"alice logged in {sum(results)} of 12 times (slowest {max(waits):.2f} s) while "
+          f"127.0.0.2 made {len(guesses)} guesses, {log.count('login failed for user')} of them "
+          f"checked; limits {d.health().get('limits')}")
+    assert sum(results) >= 11
+    assert not any(guesses)
+    assert log.count("login failed for user 'alice' from 127.0.0.2") < len(guesses) / 3
+
+
+def test_simultaneous_guesses_are_counted_before_the_password_is_hashed(daemons, tmp_path):
+    """32 guesses from one address at the same moment, for one name and for 32 names: only
+    the first few are hashed, the others refused at once."""
+    users = make_users(tmp_path, alice="wonderland-42")
+    d = daemons("-a", "--users", str(users), workers=1)
+    ingest = d.child("ingest")
+    for names in (["alice"] * 32, [f"user{i}" for i in range(32)]):
+        sockets = [RawWS(d.port, eio=4, source="127.0.0.3") for _ in names]
+        before = d.output().count("login failed for user")
+        cpu = sum(ingest.cpu_times()[:2])
+        for ws, name in zip(sockets, names):
+            ws.send("40" + json.dumps({"username": name, "password": "guess"}))
+        answers = [ws.wait_for(lambda m: isinstance(m, str) and m[:2] in ("40", "44"), 15)
+                   for ws in sockets]
+        for ws in sockets:
+            ws.close()
+        checked = d.output().count("login failed for user") - before
+        cost = sum(ingest.cpu_times()[:2]) - cpu
+        print(f"32 simultaneous guesses for {len(set(names))} name(s): {checked} hashed, "
+              f"ingest CPU {cost:.2f} s")
+        assert all(isinstance(a, str) and a.startswith("44") for a in answers), answers
+        assert checked <= 5
+        time.sleep(0.1)
+    assert ws_login(d.port, "127.0.0.1", "alice", "wonderland-42")
+
+
+def test_client_names_under_auth_are_served_only_to_callers_who_prove_who_they_are(
+        daemons, tmp_path):
+    users = make_users(tmp_path, alice="wonderland-42")
+    token = "t0ken-for-prometheus"
+    d = daemons("-a", "--users", str(users), "--metrics-token", token, workers=1)
+    assert ws_login(d.port, "127.0.0.1", "alice", "wonderland-42")
+
+    def fetch(path: str, source: str = "127.0.0.2", **headers) -> str:
+        s = requests.Session()
+        s.mount("http://", SourceAdapter(source))
+        return s.get(d.url + path, headers=headers, timeout=10).text
+    basic = "Basic " + base64.b64encode(b"alice:wonderland-42").decode()
+    wrong = "Basic " + base64.b64encode(b"alice:guess").decode()
+    for path in ("/healthz", "/metrics"):
+        assert "alice" not in fetch(path), path
+        assert "alice" not in fetch(path, "127.0.0.1"), path
+        assert "alice" not in fetch(path, Authorization="Bearer wrong"), path
+        assert "alice" not in fetch(path, Authorization=wrong), path
+        assert "alice" in fetch(path, Authorization=f"Bearer {token}"), path
+        assert "alice" in fetch(path, "127.0.0.4", Authorization=basic), path  # not throttled
+    assert json.loads(fetch("/healthz"))["clients_hidden"] == 1
+    assert "camstream_frames_received" in fetch("/metrics")
+    trusting = daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
+    assert ws_login(trusting.port, "127.0.0.1", "alice", "wonderland-42")
+    assert "alice" in trusting.health()["clients"]
+
+
+class SourceAdapter(requests.adapters.HTTPAdapter):
+    """requests from a chosen loopback address."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
