@@ -68,6 +68,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def server_url(text: str) -> str:
+    """A server address as users write it: ``http(s)://HOST:PORT``, or ``HOST:PORT`` meaning
+    ``http://HOST:PORT`` (and a bare ``HOST`` the daemon's default port, 8080)."""
+    from urllib.parse import urlsplit
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        parts = port = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected a server URL such as "
+                                         f"http://HOST:8080 (or HOST:PORT), got {text!r}")
+    if "://" not in text and port is None:  # a bare host: the daemon's default port
+        url += ":8080"
+    return url
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="camstream", description=(
         "Frame-ingest daemon: phones and cameras stream JPEG frames over socket.io; camstream "
@@ -90,6 +108,10 @@ def build_parser() -> Parser:
                        "it any credentials are accepted and the username names the stream")
     serve.add_argument("-d", "--display", action="store_true",
                        help="also start a display window per client (needs a screen)")
+    serve.add_argument("--web", metavar="[HOST:]PORT", default="",
+                       help="also serve the live view to browsers at http://HOST:PORT/ (a "
+                       "display process, restarted if it dies; HOST defaults to -i; login "
+                       "and TLS as -a and --certfile)")
     serve.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
                        help="worker processes (default: the CPU count, %(default)s)")
     serve.add_argument("--users", metavar="FILE", default=default_users_file(),
@@ -212,8 +234,9 @@ def build_parser() -> Parser:
     send = verbs.add_parser("send", help="reference client: stream frames to a server",
                             description="Stream JPEG frames to a camstream server, as a phone "
                             "would, and print sent/accepted/dropped and fps once a second.")
-    send.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
-                      help="server URL (default: %(default)s)")
+    send.add_argument("url", nargs="?", default="http://127.0.0.1:8080", type=server_url,
+                      help="server URL, http(s)://HOST:PORT; HOST:PORT means http "
+                      "(default: %(default)s)")
     send.add_argument("-u", "--username", default="demo", help="user name (default: demo)")
     send.add_argument("--password", default="",
                       help="password (or set CAMSTREAM_PASSWORD; default: empty)")
@@ -247,8 +270,9 @@ def build_parser() -> Parser:
     status = verbs.add_parser("status", help="print a running daemon's counters",
                               description="Print the counters of a running daemon "
                               "(from its /healthz).")
-    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
-                        help="server URL (default: %(default)s)")
+    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080", type=server_url,
+                        help="server URL, http(s)://HOST:PORT; HOST:PORT means http "
+                      "(default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     add_tls_trust(status)
     status.set_defaults(run=run_status)
@@ -269,6 +293,15 @@ def build_parser() -> Parser:
     tap.add_arguments(taps)
     taps.set_defaults(run=tap.run)
 
+    from camstream import tls
+    certs = verbs.add_parser("tls", help="make a self-signed https certificate for this "
+                             "machine (for phones' camera page)",
+                             description="Make a self-signed certificate for this machine's "
+                             "names and addresses, for serve --certfile (browsers give the "
+                             "camera page a camera only over https).")
+    tls.add_arguments(certs)
+    certs.set_defaults(run=tls.run)
+
     units = verbs.add_parser("systemd", help="print how to install camstream as a service",
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
@@ -284,7 +317,8 @@ def build_parser() -> Parser:
     add_processor_arguments(pool)
     add_runtime_dir(pool)
     pool.add_argument("--log-level", default="info",
-                      choices=["debug", "info", "warning", "error"])
+                      choices=["debug", "info", "warning", "error"],
+                      help="log verbosity (default: %(default)s)")
     pool.add_argument("--worker-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                       help="a worker silent this long is replaced (default: %(default)s)")
     pool.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
@@ -298,7 +332,8 @@ def build_parser() -> Parser:
     add_tcp_arguments(worker, "worker")
     add_processor_arguments(worker)
     worker.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default: %(default)s)")
     worker.set_defaults(run=run_worker)
 
     keys = verbs.add_parser("keys", help="make CURVE keys for tcp endpoints",
@@ -338,9 +373,10 @@ def add_tcp_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     else:
         parser.add_argument("--worker-endpoint", type=endpoint_arg, default=None,
                             required=verb == "pool", metavar="tcp://HOST:PORT",
-                            help="serve: also offer frames to remote workers here (e.g. "
-                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint; "
-                            "pool: where ingest nodes connect")
+                            help="where ingest nodes ('serve --ingest-only') and remote "
+                            "workers connect, e.g. tcp://0.0.0.0:5555" if verb == "pool" else
+                            "also offer frames to remote workers here (e.g. "
+                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint")
         parser.add_argument("--bus-endpoint", type=endpoint_arg, default=None,
                             metavar="tcp://HOST:PORT", help="the bus over tcp: PORT (publish) "
                             "and PORT+1 (subscribe) (default: --worker-endpoint's PORT+1)")
@@ -485,6 +521,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 args.certfile, args.keyfile)
         except (OSError, ssl.SSLError) as e:
             raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
+    web = ""
+    if args.web:
+        from camstream.webview import web_address
+        try:
+            web = "%s:%d" % web_address(args.web, args.ip)
+        except ValueError as e:
+            raise CliError(f"--web: {e}") from None
+        if args.ingest_only:
+            raise CliError("--web needs this machine's bus: run 'camstream display --web' "
+                           "on the pool's machine instead of with --ingest-only")
     tcp = tcp_settings(args, "connect" if args.ingest_only else "bind")
     return Config(**tcp, ip=args.ip, port=args.port, auth=args.auth, display=args.display,
                   workers=0 if args.ingest_only else args.workers,
@@ -494,7 +540,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
                   processor=args.processor, processor_options=options,
                   record_dir=record_dir, record_max_gb=args.record_max_gb,
-                  emit_results=args.emit_results, route=route, max_fps=args.max_fps,
+                  emit_results=args.emit_results, web=web, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   max_queued_bytes=args.max_queued_bytes,
                   max_incomplete_bytes=args.max_incomplete_bytes,
@@ -567,9 +613,13 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
                if a.option_strings and a.option_strings[-1].startswith("--")
                and a.dest not in ("help", "config")}
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise CliError(f"--config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
+        raise CliError(f"--config {path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}"
+                       f"); is it the right file?") from None
     values: dict = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #")[0].strip()
@@ -621,6 +671,8 @@ def run_serve(args: argparse.Namespace) -> int:
     argv = args.argv
     config = parse_serve(argv)
     listener = listen(config.ip, config.port)
+    web_host, _, web_port = config.web.rpartition(":")
+    web_listener = listen(web_host, int(web_port)) if config.web else None
     claim_runtime_dir(config.runtime_dir)
     import setproctitle
     setproctitle.setproctitle("camstream: supervisor")
@@ -635,7 +687,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.ingest_only:  # no workers here: they are a pool's
         from camstream.pool import IngestNode
         return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
-    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv),
+                      web_listener=web_listener).run()
 
 
 def run_pool(args: argparse.Namespace) -> int:
@@ -700,9 +753,7 @@ def run_users(args: argparse.Namespace) -> int:
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
-            password = getpass.getpass(f"password for {args.name}: ")
-            if getpass.getpass("again: ") != password:
-                raise CliError("the passwords differ")
+            password = ask_password(args.name, args.users)
         users.add(args.name, password)
         users.save(args.users)
     except UsersError as e:
@@ -711,6 +762,25 @@ def run_users(args: argparse.Namespace) -> int:
         raise CliError(f"{args.users}: {e.strerror}") from None
     print(f"saved {args.name} in {args.users} (a running daemon picks it up on SIGHUP)")
     return 0
+
+
+def ask_password(name: str, users_file: str) -> str:
+    """Twice, on the terminal; with none (a script, a service), say what to use instead."""
+    hint = (f"no terminal to ask for the password on: pipe it in with --password-stdin, "
+            f"e.g. echo \"$PW\" | camstream users add {name} --password-stdin --users "
+            f"{users_file}")
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        if not sys.stdin.isatty():
+            raise CliError(hint) from None
+    try:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ")
+    except EOFError:
+        raise CliError(hint) from None
+    return password
 
 
 def run_send(args: argparse.Namespace) -> int:

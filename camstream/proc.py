@@ -14,6 +14,22 @@ import setproctitle
 
 from camstream.config import Config
 
+# ``python -m camstream`` puts the current directory first on sys.path, so a folder named
+# ``camstream`` or ``workers`` where the user stands (the folder above a clone) shadows the
+# installed package. Children start through this line instead: it drops that first entry and
+# runs the module as -m would. Not ``-I``: it also ignores PYTHONPATH (the README's
+# ``PYTHONPATH=. camstream serve --processor redness:redness``) and user site-packages
+# (``pip install --user``); not ``-P``: Python 3.11+, and camstream runs on 3.9.
+_RUN_MODULE = ("import runpy, sys\n"
+               "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+               "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv of ``python -m module args...`` run with this interpreter, importing the
+    installed camstream whatever the current directory holds."""
+    return [sys.executable, "-c", _RUN_MODULE, module, *args]
+
 _PR_SET_PDEATHSIG = 1
 HOST = socket.gethostname()  # in reports on a bus that other machines may share
 
@@ -39,11 +55,14 @@ class EscapingFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
-    """One line per record, with a level and the process's role: journald-friendly. Control
-    characters in a message are escaped: much of what is logged comes from clients."""
+    """One line per record, with a level and the process's role: journald-friendly. On a
+    terminal each line starts with the time; journald stamps its own (JOURNAL_STREAM).
+    Control characters in a message are escaped: much of what is logged comes from clients."""
+    stamp = "%(asctime)s " if sys.stderr.isatty() and "JOURNAL_STREAM" not in os.environ \
+        else ""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter(
-        f"%(levelname)s {setproctitle.getproctitle()}: %(message)s"))
+        f"{stamp}%(levelname)s {setproctitle.getproctitle()}: %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
