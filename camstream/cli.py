@@ -160,6 +160,37 @@ def build_parser() -> Parser:
                        "refused with 'rate limited' (default: %(default)s)")
     serve.add_argument("--max-connections-per-ip", type=positive_int, default=32, metavar="N",
                        help="open connections one address may hold (default: %(default)s)")
+    serve.add_argument("--max-queued-bytes", type=size_arg, default="1MiB", metavar="SIZE",
+                       help="packets an Engine.IO 3 long-polling session may have waiting for "
+                       "its next poll; beyond it the session is closed (default: 1MiB)")
+    serve.add_argument("--max-incomplete-bytes", type=size_arg, default="64MiB",
+                       metavar="SIZE", help="bytes held, all connections together, for events "
+                       "whose binary attachments have not all arrived; one connection may "
+                       "hold one message's worth (default: 64MiB)")
+    serve.add_argument("--incomplete-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="an event still missing attachments this long "
+                       "closes its connection (default: %(default)s)")
+    serve.add_argument("--header-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to send a request's "
+                       "line and headers (default: %(default)s)")
+    serve.add_argument("--handshake-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to finish the TLS "
+                       "handshake (default: %(default)s)")
+    serve.add_argument("--max-pending-connections", type=positive_int, default=512,
+                       metavar="N", help="connections that have not yet sent a whole request "
+                       "(handshake and headers); beyond it the oldest is closed "
+                       "(default: %(default)s)")
+    serve.add_argument("--metrics-token", default="", metavar="TOKEN",
+                       help="with -a: a caller of /healthz and /metrics sending 'Authorization: "
+                       "Bearer TOKEN' sees client names, as does one with HTTP basic auth of a "
+                       "user of the users file; others see totals only (put it in --config "
+                       "to keep it out of ps)")
+    serve.add_argument("--metrics-trust-loopback", action="store_true",
+                       help="with -a: callers of /healthz and /metrics on 127.0.0.0/8 or ::1 "
+                       "see client names without credentials")
+    serve.add_argument("--forget-clients-after", type=positive_float, default=600.0,
+                       metavar="SECONDS", help="a client name gone this long has its counters "
+                       "folded into /healthz's 'departed' totals (default: %(default)s)")
     serve.add_argument("--worker-timeout", type=positive_float, default=10.0,
                        metavar="SECONDS", help="a worker or ingest silent this long is "
                        "killed and replaced (default: %(default)s)")
@@ -564,6 +595,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   emit_results=args.emit_results, web=web, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   max_pixels=args.max_pixels, frame_timeout=args.frame_timeout,
+                  max_queued_bytes=args.max_queued_bytes,
+                  max_incomplete_bytes=args.max_incomplete_bytes,
+                  incomplete_timeout=args.incomplete_timeout,
+                  header_timeout=args.header_timeout, handshake_timeout=args.handshake_timeout,
+                  max_pending_connections=args.max_pending_connections,
+                  metrics_token=args.metrics_token,
+                  metrics_trust_loopback=args.metrics_trust_loopback,
+                  forget_after=args.forget_clients_after,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,
                   certfile=str(Path(args.certfile).absolute()) if args.certfile else "",
