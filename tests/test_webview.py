@@ -259,3 +259,18 @@ def test_boxes_of_a_result_are_drawn_over_the_frame(daemons, browsers):  # noqa:
         assert "motion: " in driver.find_element("css selector", ".result").text
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("text, host, port", [
+    ("8081", "10.0.0.5", 8081), ("127.0.0.1:8081", "127.0.0.1", 8081),
+    ("[::1]:9000", "::1", 9000), (":8081", "10.0.0.5", 8081)])
+def test_web_address(text, host, port):
+    from camstream.webview import web_address
+    assert web_address(text, "10.0.0.5") == (host, port)
+
+
+@pytest.mark.parametrize("text", ["", "x", "host:", "host:0", "host:70000", "8081:host"])
+def test_web_address_refuses(text):
+    from camstream.webview import web_address
+    with pytest.raises(ValueError, match=r"\[HOST:\]PORT"):
+        web_address(text, "0.0.0.0")
