@@ -312,7 +312,8 @@ def build_parser() -> Parser:
     show = verbs.add_parser("display", help="attach a window per client to a running daemon",
                             description="Attach to a running daemon and show the newest frame "
                             "of each client in a window titled with its name (fps and "
-                            "latency overlaid); q, closing the last window or Ctrl-C detaches.")
+                            "latency overlaid); q, closing the last window or Ctrl-C detaches. "
+                            "With --web, serve the same to browsers instead.")
     display.add_arguments(show)
     show.set_defaults(run=display.run)
 

@@ -201,11 +201,13 @@ class View:
             return sum(1 for t in self.viewers.values() if now - t < VIEWER_SEEN)
 
 
-def read_bus(view: View, runtime_dir: str, stop: threading.Event) -> None:
-    """The bus thread: frames and join/leave into ``view``, ingest's dropped counters too."""
+def read_bus(view: View, runtime_dir: str, stop: threading.Event,
+             client: str | None = None) -> None:
+    """The bus thread: frames and join/leave into ``view`` (one client's only, with
+    ``client``), ingest's dropped counters too."""
     import zmq
-    frames = Subscription(runtime_dir, raw=True, processed=True, events=True, hwm=FRAME_HWM,
-                          check=False)
+    frames = Subscription(runtime_dir, client, raw=True, processed=True, events=True,
+                          hwm=FRAME_HWM, check=False)
     stats = bus.bus_sub(frames.ctx, runtime_dir, wire.topic(wire.STATS, "ingest"), hwm=100)
     frames.poller.register(stats, zmq.POLLIN)
     log.info("attached to %s", runtime_dir)
@@ -576,6 +578,13 @@ def run(args: argparse.Namespace) -> int:
     from camstream.cli import CliError, listen
     from camstream.display import check_daemon
 
+    if args.snapshot:
+        raise CliError("--web and --snapshot are two different displays: run one of each")
+    if args.client is not None:
+        try:
+            check_name(args.client)
+        except UsersError as e:
+            raise CliError(f"--client: {e}") from None
     try:
         host, port = web_address(args.web, "0.0.0.0")
     except ValueError as e:
@@ -613,8 +622,8 @@ def run(args: argparse.Namespace) -> int:
     view = View()
     view.login = logins is not None
     stop = threading.Event()
-    reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop),
-                              name="bus", daemon=True)
+    reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop,
+                                                     args.client), name="bus", daemon=True)
     reader.start()
     server = WebServer(sock, view, logins, tls)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
