@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
 import requests
 import socketio
+
+# cv2 and numpy are imported by the frame sources that use them: status needs neither, and
+# must run where OpenCV is not installed or cannot load.
 
 
 # -- frame sources ------------------------------------------------------------------------------
@@ -40,6 +41,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
     """Frames a person can recognise: a moving square, a counter and the time."""
+    import cv2
+    import numpy as np
+
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.dstack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)),
                             np.full_like(xx, 96)]).astype(np.uint8)
@@ -69,6 +73,8 @@ def folder_frames(folder: Path) -> Iterator[bytes]:
 
 
 def capture_frames(source, quality: int) -> Iterator[bytes]:
+    import cv2
+
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         raise ValueError(f"cannot open video source {source!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import grp
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream import bus, wire
-from camstream.cli import CliError, add_runtime_dir, positive_float
+from camstream.cli import CliError, add_runtime_dir, positive_float, require_opencv
 from camstream.wire import Header
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         except UsersError as e:
             raise CliError(f"--client: {e}") from None
     check_daemon(args.runtime_dir)
+    require_opencv(gui=not args.snapshot)
     if args.snapshot:
         try:
             Path(args.snapshot).mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,10 @@ def check_daemon(runtime_dir: str) -> None:
     try:
         if not stat.S_ISSOCK(path.stat().st_mode):
             raise FileNotFoundError
+    except PermissionError:
+        raise CliError(f"{runtime_dir}: permission denied; its sockets are for the members "
+                       f"of group {group_of(runtime_dir)} (sudo usermod -aG "
+                       f"{group_of(runtime_dir)} \"$USER\", then log in again)") from None
     except OSError:
         raise CliError(f"no camstream daemon is running in {runtime_dir} (no {bus.BUS_OUT} "
                        "socket there); start 'camstream serve' or pass --runtime-dir") from None
@@ -127,6 +133,14 @@ def check_daemon(runtime_dir: str) -> None:
             raise CliError(f"no camstream daemon is running in {runtime_dir} (its "
                            f"{bus.BUS_OUT} socket is stale); start 'camstream serve' or "
                            "pass --runtime-dir") from None
+
+
+def group_of(path: str) -> str:
+    gid = os.stat(path).st_gid
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def check_screen() -> None:
