@@ -90,6 +90,10 @@ def build_parser() -> Parser:
                        "it any credentials are accepted and the username names the stream")
     serve.add_argument("-d", "--display", action="store_true",
                        help="also start a display window per client (needs a screen)")
+    serve.add_argument("--web", metavar="[HOST:]PORT", default="",
+                       help="also serve the live view to browsers at http://HOST:PORT/ (a "
+                       "display process, restarted if it dies; HOST defaults to -i; login "
+                       "and TLS as -a and --certfile)")
     serve.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
                        help="worker processes (default: the CPU count, %(default)s)")
     serve.add_argument("--users", metavar="FILE", default=default_users_file(),
@@ -237,6 +241,15 @@ def build_parser() -> Parser:
                             "friends); Ctrl-C detaches.")
     tap.add_arguments(taps)
     taps.set_defaults(run=tap.run)
+
+    from camstream import tls
+    certs = verbs.add_parser("tls", help="make a self-signed https certificate for this "
+                             "machine (for phones' camera page)",
+                             description="Make a self-signed certificate for this machine's "
+                             "names and addresses, for serve --certfile (browsers give the "
+                             "camera page a camera only over https).")
+    tls.add_arguments(certs)
+    certs.set_defaults(run=tls.run)
 
     units = verbs.add_parser("systemd", help="print how to install camstream as a service",
                              description="Print a step-by-step recipe that installs camstream "
@@ -474,6 +487,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 args.certfile, args.keyfile)
         except (OSError, ssl.SSLError) as e:
             raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
+    web = ""
+    if args.web:
+        from camstream.webview import web_address
+        try:
+            web = "%s:%d" % web_address(args.web, args.ip)
+        except ValueError as e:
+            raise CliError(f"--web: {e}") from None
+        if args.ingest_only:
+            raise CliError("--web needs this machine's bus: run 'camstream display --web' "
+                           "on the pool's machine instead of with --ingest-only")
     tcp = tcp_settings(args, "connect" if args.ingest_only else "bind")
     return Config(**tcp, ip=args.ip, port=args.port, auth=args.auth, display=args.display,
                   workers=0 if args.ingest_only else args.workers,
@@ -483,7 +506,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
                   processor=args.processor, processor_options=options,
                   record_dir=record_dir, record_max_gb=args.record_max_gb,
-                  emit_results=args.emit_results, route=route, max_fps=args.max_fps,
+                  emit_results=args.emit_results, web=web, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,
@@ -602,6 +625,8 @@ def run_serve(args: argparse.Namespace) -> int:
     argv = args.argv
     config = parse_serve(argv)
     listener = listen(config.ip, config.port)
+    web_host, _, web_port = config.web.rpartition(":")
+    web_listener = listen(web_host, int(web_port)) if config.web else None
     claim_runtime_dir(config.runtime_dir)
     import setproctitle
     setproctitle.setproctitle("camstream: supervisor")
@@ -616,7 +641,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.ingest_only:  # no workers here: they are a pool's
         from camstream.pool import IngestNode
         return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
-    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv),
+                      web_listener=web_listener).run()
 
 
 def run_pool(args: argparse.Namespace) -> int:

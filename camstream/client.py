@@ -308,11 +308,19 @@ def print_status(url: str, as_json: bool = False, verify: bool | str = True) -> 
 
 def demo(args: argparse.Namespace) -> int:
     """serve on 127.0.0.1 + send synthetic frames + status: a first look without a phone."""
+    from camstream.cli import build_parser
+    from camstream.proc import python_module
+
     url = f"http://127.0.0.1:{args.port}"
+    # send's options come from send's own parser, so they cannot drift from it
+    send_args = build_parser().parse_args(
+        ["send", url, "-u", "demo", "--fps", repr(args.fps),
+         "--count", str(int(args.seconds * args.fps))])
+    sent = 1
     with tempfile.TemporaryDirectory(prefix="camstream-demo-") as rundir:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "camstream", "serve", "-i", "127.0.0.1", "-p",
-             str(args.port), "-w", str(args.workers), "--runtime-dir", rundir])
+        serve = subprocess.Popen(python_module(
+            "camstream", "serve", "-i", "127.0.0.1", "-p", str(args.port),
+            "-w", str(args.workers), "--runtime-dir", rundir))
         try:
             if not wait_ready(url, serve, args.workers, timeout=60):
                 print("camstream demo: the daemon did not start (see the lines above)",
@@ -321,11 +329,7 @@ def demo(args: argparse.Namespace) -> int:
             print(f"camstream demo: daemon ready on {url}; streaming synthetic 640x480 frames "
                   f"at {args.fps:g} fps" + (f" for {args.seconds:g} s" if args.seconds else
                                             " until Ctrl-C"), file=sys.stderr)
-            send_args = argparse.Namespace(
-                url=url, username="demo", source="synthetic", size="640x480", quality=80,
-                fps=args.fps, count=int(args.seconds * args.fps), legacy=False,
-                transport="websocket", quiet=False)
-            send(send_args, "")
+            sent = send(send_args, "")
             time.sleep(1.5)  # processed counts arrive twice a second
             print_status(url)
         except KeyboardInterrupt:
@@ -337,7 +341,7 @@ def demo(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 serve.kill()
                 serve.wait()
-    return 0 if serve.returncode == 0 else 1
+    return 1 if sent or serve.returncode else 0
 
 
 def wait_ready(url: str, serve: subprocess.Popen, workers: int, timeout: float) -> bool:

@@ -43,6 +43,7 @@ class Config:
     record_dir: str = ""            # --record DIR: recordings (written by the workers)
     record_max_gb: float = 0.0      # --record-max-gb: prune the oldest days beyond this; 0: never
     emit_results: bool = False      # --emit-results: send each result to its client
+    web: str = ""                   # --web HOST:PORT: a web view display process (webview)
     route: str = "any"              # "any": a shared pipeline; "client": each client to one
                                     # worker (camstream.routing), for ordered processors
     # Scaling out (camstream.bus, camstream.keys): tcp endpoints, always with CURVE keys

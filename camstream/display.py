@@ -16,22 +16,18 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import grp
 import json
 import logging
 import os
 import signal
-import socket
-import stat
-import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from camstream import bus, wire
+from camstream import subscribe
 from camstream.cli import CliError, add_runtime_dir, positive_float, require_opencv
-from camstream.wire import Header
+from camstream.subscribe import Frame, Subscription
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,12 +38,10 @@ log = logging.getLogger("camstream.display")
 # module's flags, and only the display should pay for loading OpenCV.
 
 FRAME_HWM = 8           # frames a display may hold unread; the proxy drops the rest for it
-EVENT_HWM = 10000       # join/leave are tiny and must not be lost with the frames
 MAX_DRAIN = 10000       # messages read per turn at most, so the windows stay responsive
 STALL = 1.0             # a turn this late means the display itself was stopped
 TURN = 0.02             # seconds between turns when nothing arrives (Qt needs its events)
 SNAPSHOT_EVERY = 1.0    # seconds between snapshot writes
-RECENT_RAW = 16         # raw frames kept per client to pair with a worker's result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: %(default)s)")
+    from camstream import webview
+    webview.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the edges (a daemon, a screen), then show frames until detached."""
     from camstream import proc
 
+    if args.web:  # the browser view: the same bus, served over HTTP (camstream.webview)
+        from camstream import webview
+        return webview.run(args)
     if args.client is not None:
         from camstream.users import UsersError, check_name
         try:
@@ -115,32 +114,10 @@ def run(args: argparse.Namespace) -> int:
 
 def check_daemon(runtime_dir: str) -> None:
     """One line if no daemon serves the bus here: no socket file, or a stale one."""
-    path = Path(runtime_dir) / bus.BUS_OUT
     try:
-        if not stat.S_ISSOCK(path.stat().st_mode):
-            raise FileNotFoundError
-    except PermissionError:
-        raise CliError(f"{runtime_dir}: permission denied; its sockets are for the members "
-                       f"of group {group_of(runtime_dir)} (sudo usermod -aG "
-                       f"{group_of(runtime_dir)} \"$USER\", then log in again)") from None
-    except OSError:
-        raise CliError(f"no camstream daemon is running in {runtime_dir} (no {bus.BUS_OUT} "
-                       "socket there); start 'camstream serve' or pass --runtime-dir") from None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            raise CliError(f"no camstream daemon is running in {runtime_dir} (its "
-                           f"{bus.BUS_OUT} socket is stale); start 'camstream serve' or "
-                           "pass --runtime-dir") from None
-
-
-def group_of(path: str) -> str:
-    gid = os.stat(path).st_gid
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
+        subscribe.check_daemon(runtime_dir)
+    except subscribe.NoDaemon as e:
+        raise CliError(str(e)) from None
 
 
 def check_screen() -> None:
@@ -173,52 +150,39 @@ class Stream:
     """One client's newest frame (not yet decoded) and the rates shown in its overlay."""
 
     name: str
-    header: Header | None = None
-    jpeg: object = None               # zmq.Frame or bytes: the newest JPEG, never copied
-    result: dict | None = None        # the worker's result for ``header`` (--processed)
+    frame: Frame | None = None
     fresh: bool = False               # newer than what the sink last showed
     last_arrival: float = 0.0         # monotonic time of the newest frame
     fps: float | None = None          # the stream's rate, from ingest's sequence numbers
-    recent_raw: dict[int, object] = field(default_factory=dict)
     _anchor: tuple[float, int] | None = None
 
-    def take(self, header: Header, jpeg, result: dict | None = None) -> None:
+    @property
+    def result(self) -> dict | None:
+        return self.frame.result if self.frame is not None else None
+
+    def take(self, frame: Frame) -> None:
         now = time.monotonic()
-        if self._anchor is None or header.seq < self._anchor[1]:
-            self._anchor = (now, header.seq)
+        if self._anchor is None or frame.seq < self._anchor[1]:
+            self._anchor = (now, frame.seq)
         elif now - self._anchor[0] >= 1.0:
-            self.fps = (header.seq - self._anchor[1]) / (now - self._anchor[0])
-            self._anchor = (now, header.seq)
-        self.header, self.jpeg, self.result = header, jpeg, result
+            self.fps = (frame.seq - self._anchor[1]) / (now - self._anchor[0])
+            self._anchor = (now, frame.seq)
+        self.frame = frame
         self.fresh = True
         self.last_arrival = now
-
-    def keep_raw(self, header: Header, jpeg) -> None:
-        self.recent_raw[header.seq] = jpeg
-        while len(self.recent_raw) > RECENT_RAW:
-            del self.recent_raw[next(iter(self.recent_raw))]
 
 
 def render(stream: Stream) -> np.ndarray | None:
     """Decode the newest frame (or the worker's picture) and draw the overlay on it."""
-    import cv2
-    import numpy as np
-
-    header = stream.header
-    jpeg = stream.jpeg
-    if stream.result is not None and not jpeg:  # a result without a picture: use the raw one
-        jpeg = stream.recent_raw.get(header.seq) or next(reversed(stream.recent_raw.values()),
-                                                           None)
-    if not jpeg:
-        return None
-    image = cv2.imdecode(np.frombuffer(memoryview(jpeg), np.uint8), cv2.IMREAD_COLOR)
+    frame = stream.frame
+    image = frame.image if frame is not None else None
     if image is None:
         return None
-    latency_ms = (time.time_ns() - header.recv_ns) / 1e6
+    latency_ms = (time.time_ns() - frame.recv_ns) / 1e6
     fps = f"{stream.fps:.1f} fps" if stream.fps is not None else "-- fps"
     lines = [f"{stream.name}  {fps}  {latency_ms:.0f} ms"]
-    if stream.result is not None:
-        lines += [f"{k}: {v}" for k, v in stream.result.items() if k != "done_ns"]
+    if frame.result is not None:
+        lines += [f"{k}: {v}" for k, v in frame.result.items() if k != "done_ns"]
     draw_overlay(image, lines)
     return image
 
@@ -257,16 +221,8 @@ class Display:
         self.left_ns: dict[str, int] = {}   # frames received before a leave are stale
         self.dismissed: set[str] = set()    # windows the user closed, until the client rejoins
         self.detached = False
-        import zmq
-        kinds = [wire.RAW, wire.PROCESSED] if processed else [wire.RAW]
-        topics = [wire.topic(k, client) if client else k for k in kinds]
-        events = wire.topic(wire.EVENTS, client) if client else wire.EVENTS
-        self.ctx = zmq.Context()
-        self.frames = bus.bus_sub(self.ctx, runtime_dir, *topics, hwm=FRAME_HWM)
-        self.events = bus.bus_sub(self.ctx, runtime_dir, events, hwm=EVENT_HWM)
-        self.poller = zmq.Poller()
-        self.poller.register(self.frames, zmq.POLLIN)
-        self.poller.register(self.events, zmq.POLLIN)
+        self.bus = Subscription(runtime_dir, client, raw=True, processed=processed,
+                                events=True, hwm=FRAME_HWM, check=False)
         log.info("attached to %s%s", runtime_dir, f" (client {client})" if client else "")
 
     def detach(self) -> None:
@@ -275,7 +231,7 @@ class Display:
     def run(self) -> None:
         last_turn = time.monotonic()
         while not self.detached:
-            self.poller.poll(TURN * 1000)
+            self.bus.poll(TURN)
             now = time.monotonic()
             if now - last_turn > STALL:  # we were stopped (SIGSTOP, a suspended machine):
                 for stream in self.streams.values():  # not the clients' silence, ours
@@ -299,54 +255,28 @@ class Display:
                 return
 
     def read_frames(self) -> None:
-        import zmq
-        for _ in range(MAX_DRAIN):
-            try:
-                parts = self.frames.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                header = Header.unpack(parts[1].buffer)
-            except (ValueError, IndexError, struct.error):
-                continue
-            name = header.client
+        for frame in self.bus.drain(MAX_DRAIN):
+            if self.processed and not frame.processed:
+                continue  # kept by the subscription, to give a result its picture
+            name = frame.client
             stale = self.left_ns.get(name)
             if stale is not None:
-                if header.recv_ns <= stale:
+                if frame.recv_ns <= stale:
                     continue
                 del self.left_ns[name]
             stream = self.streams.get(name)
             if stream is None:
                 stream = self.streams[name] = Stream(name)
                 log.info("%s: showing its stream", name)
-            if bytes(parts[0].buffer[:len(wire.RAW)]) == wire.RAW:
-                if self.processed:
-                    stream.keep_raw(header, parts[2])
-                else:
-                    stream.take(header, parts[2])
-            elif len(parts) >= 4:
-                try:
-                    result = json.loads(bytes(parts[2].buffer))
-                except ValueError:
-                    result = {"result": "not JSON"}
-                stream.take(header, parts[3] if len(parts[3].buffer) else b"", result)
+            stream.take(frame)
 
     def read_events(self) -> None:
-        import zmq
-        while True:
-            try:
-                parts = self.events.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                name, event = wire.unpack_json(parts)
-            except (ValueError, IndexError):
-                continue
-            if event.get("event") == "leave":
-                self.left_ns[name] = time.time_ns()
-                self.forget(name, "left")
-            elif event.get("event") == "join":
-                self.dismissed.discard(name)
+        for event in self.bus.events():
+            if event.kind == "leave":
+                self.left_ns[event.client] = time.time_ns()
+                self.forget(event.client, "left")
+            elif event.kind == "join":
+                self.dismissed.discard(event.client)
 
     def expire(self) -> None:
         now = time.monotonic()
@@ -361,7 +291,7 @@ class Display:
 
     def close(self) -> None:
         self.sink.shutdown()
-        self.ctx.destroy(linger=0)
+        self.bus.close()
 
 
 # -- the sinks ----------------------------------------------------------------------------------
@@ -475,21 +405,21 @@ class Snapshots:
         self.next_write = now + SNAPSHOT_EVERY
         for stream in streams:
             stream.fresh = False
-            if stream.result is None:
-                jpeg = bytes(memoryview(stream.jpeg))  # the frame as sent: no re-encoding
+            frame = stream.frame
+            if frame.result is None:
+                jpeg = frame.jpeg_bytes()  # the frame as sent: no re-encoding
             else:
                 import cv2
                 image = render(stream)
                 if image is None:
                     continue
                 jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-            header = stream.header
-            info = {"client": stream.name, "seq": header.seq, "session": header.session,
-                    "recv_ns": header.recv_ns, "written_ns": time.time_ns(),
-                    "latency_ms": round((time.time_ns() - header.recv_ns) / 1e6, 1),
+            info = {"client": stream.name, "seq": frame.seq, "session": frame.session,
+                    "recv_ns": frame.recv_ns, "written_ns": time.time_ns(),
+                    "latency_ms": round((time.time_ns() - frame.recv_ns) / 1e6, 1),
                     "fps": None if stream.fps is None else round(stream.fps, 2)}
-            if stream.result is not None:
-                info["result"] = stream.result
+            if frame.result is not None:
+                info["result"] = frame.result
             self._replace(f"{safe(stream.name)}.jpg", jpeg)
             self._replace(f"{safe(stream.name)}.json", json.dumps(info).encode())
             self.written.add(stream.name)

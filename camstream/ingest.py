@@ -29,7 +29,7 @@ import zmq.green as zmq
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, camerapage, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
@@ -303,6 +303,7 @@ class Ingest:
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
                 "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
+                "dropped": {name: row["dropped"] for name, row in health["clients"].items()},
                 "serving": self.serving, "draining": self.draining}))
             gevent.sleep(HEARTBEAT_INTERVAL)
 
@@ -321,6 +322,11 @@ class Ingest:
         elif path == "/":
             body = b"camstream is running: see /healthz and /metrics\n"
             ctype = "text/plain"
+        elif camerapage.page(path) is not None:  # static, from memory (camstream.camerapage)
+            body, ctype = camerapage.page(path)
+            start_response("200 OK", [("Content-Type", ctype),
+                                      ("Content-Length", str(len(body)))] + camerapage.HEADERS)
+            return [body]
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found\n"]
@@ -366,13 +372,14 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
     @sio.event
     def connect(sid, environ, auth=None):
+        if ingest.draining:  # an Engine.IO session opened just before the stop: it is closed
+            return None      # with the others; a refusal here would tell it not to reconnect
         conn = Conn(sid, environ.get("REMOTE_ADDR", "?"),
                     lambda event, *args: sio.emit(event, args if len(args) != 1 else args[0],
                                                   to=sid),
                     lambda: sio.disconnect(sid))
         if not ingest.connect(conn):
-            raise socketio.exceptions.ConnectionRefusedError(
-                "shutting down" if ingest.draining else "too many connections")
+            raise socketio.exceptions.ConnectionRefusedError("too many connections")
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")
@@ -404,11 +411,38 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
     @sio.on("*")
     def unknown(event, sid, *args):
+        """Logged once per connection; no ack even when one is asked for, as the reference
+        server (no handler, no answer)."""
         conn = ingest.conns.get(sid)
         if conn:
             ingest.on_unknown(conn, event)
+        return sio.not_handled
 
     return sio
+
+
+def refuse_handshakes_while(draining, app):
+    """While ingest drains (SIGTERM), a new session is refused with ``503`` and the HTTP
+    connection closed. New TCP connections are already refused (the listening socket is
+    closed); this is for a client whose keep-alive connection is still open. Every socket.io
+    client retries after a 503; a Socket.IO connect error would tell it to give up."""
+    def middleware(environ, start_response):
+        if draining() and environ.get("PATH_INFO", "").startswith("/socket.io") and \
+                "sid=" not in environ.get("QUERY_STRING", ""):
+            body = b"camstream is stopping: try again in a moment\n"
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                ("Retry-After", "1"), ("Connection", "close")])
+            return [body]
+        return app(environ, start_response)
+    return middleware
+
+
+def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
+    """The end of a graceful stop: every client's transport is closed with no Socket.IO
+    disconnect (``41``) nor Engine.IO close packet, which clients take as "sent away" and
+    never reconnect; a closed transport they retry, as after a crash. How many were closed."""
+    return sio.eio.drop_all() + old.drop_all()
 
 
 class Server(WSGIServer):
@@ -440,8 +474,9 @@ def main() -> int:
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
     sio = socketio_server(ingest, config)
-    app = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
-    app = limit_websockets(app, config.max_connections_per_ip, ingest.ledger)
+    old = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
+    app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)
+    app = refuse_handshakes_while(lambda: ingest.draining, app)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = Server(listener, app, handler_class=WebSocketHandler, log=None,
                         error_log=logging.getLogger("camstream.http"), **tls)
@@ -475,9 +510,9 @@ def main() -> int:
     left = ingest.dispatcher.drain(time.monotonic() + config.stop_timeout / 2)
     if left:
         log.warning("%d accepted frames could not be dispatched before the stop bound", left)
-    for conn in list(ingest.conns.values()):
-        conn.disconnect()
-    gevent.sleep(0.1)
+    closed = close_transports(sio, old)
+    log.info("closed %d client connections (they reconnect when camstream is back)", closed)
+    gevent.sleep(0.1)  # the closes and the last poll answers leave
     gevent.killall(tasks + ingest.dispatcher.greenlets)
     ingest.stats_sub.close(linger=0)
     ingest.bus_pub.close(linger=200)

@@ -355,6 +355,7 @@ class Session:
         self.polling = False    # a GET is waiting for packets
         self.posting = False    # a POST is being read
         self.upgrading = False
+        self.joined = True      # in the default namespace (Socket.IO 4 joins it unasked)
         self.closed = False
         self.closed_at = 0.0
         self.last_seen = time.monotonic()
@@ -391,10 +392,17 @@ class Session:
         self.send_sio(Packet(EVENT, data=[event, *args]))
 
     def disconnect(self) -> None:
-        """``Conn.disconnect``: say goodbye (Socket.IO then Engine.IO) and close."""
+        """``Conn.disconnect``: say goodbye (Socket.IO then Engine.IO) and close. The client
+        takes it as "sent away" and does not reconnect: for a refused login or a removed user,
+        never for a stop (:meth:`drop`)."""
         if not self.closed:
             self.send_sio(Packet(DISCONNECT))
             self.close("server disconnect")
+
+    def drop(self, reason: str = "server stopping") -> None:
+        """Close the transport without a goodbye, so that the client reconnects by itself (as
+        after a crash, and as the reference server's ``io.close()``)."""
+        self.close(reason, goodbye=False)
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -403,15 +411,18 @@ class Session:
                     self.address, reason)
         self.close(f"protocol error: {reason}")
 
-    def close(self, reason: str) -> None:
-        """Close once, whoever asks: tell ingest, then end the transport."""
+    def close(self, reason: str, goodbye: bool = True) -> None:
+        """Close once, whoever asks: tell ingest, then end the transport. With ``goodbye`` a
+        polling client gets a close packet (on its pending or next poll, as the reference
+        does); without, a pending poll is released with a noop and the session is unknown
+        from now on (a 400, as the reference after a client's close)."""
         if self.closed:
             return
         if self.ws is None:
-            self.queue.put((CLOSE, None))  # for the pending or the next poll
+            self.queue.put((CLOSE, None) if goodbye else (NOOP, None))
         self.closed = True
         self.closed_at = time.monotonic()
-        if self.ws is not None:
+        if self.ws is not None or not goodbye:
             self.server.sessions.pop(self.sid, None)
         try:
             self.server.ingest.disconnect(self.conn, reason)
@@ -445,7 +456,7 @@ class Session:
         elif ptype == PING:
             self.send(PONG, data or None)
         elif ptype == CLOSE:
-            self.close("client disconnect")
+            self.close("client disconnect", goodbye=False)
         elif ptype != NOOP:
             raise ProtocolError(f"unexpected engine.io packet type {ptype}")
 
@@ -473,12 +484,25 @@ class Session:
                 self.send_sio(Packet(CONNECT_ERROR, data="Invalid namespace",
                                      namespace=pkt.namespace))
             return  # as socket.io 2: packets for a namespace not joined are ignored
+        if not self.joined:  # after the client's 41: only a CONNECT means something
+            if kind == CONNECT:
+                self.rejoin()
+            return
         if kind in (EVENT, BINARY_EVENT):
             self.on_event(pkt)
-        elif kind == DISCONNECT:
-            self.close("client namespace disconnect")
+        elif kind == DISCONNECT:  # the namespace, not the connection (as socket.io 2)
+            self.joined = False
+            self.server.ingest.disconnect(self.conn, "client namespace disconnect")
         elif kind not in (CONNECT, ACK, BINARY_ACK):  # already connected; never asks for acks
             raise ProtocolError(f"unexpected socket.io packet type {kind}")
+
+    def rejoin(self) -> None:
+        """A CONNECT after the client left the namespace: joined again, as a new login."""
+        if self.server.ingest.connect(self.conn) is False:
+            self.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
+            return
+        self.joined = True
+        self.send_sio(Packet(CONNECT))
 
     def on_event(self, pkt: Packet) -> None:
         """Dispatch by event name exactly as ``ingest.socketio_server`` does."""
@@ -494,9 +518,9 @@ class Session:
             result = None
         elif event == "frame":
             result = ingest.on_frame(conn, args)
-        else:
+        else:  # logged once; no ack even when asked for, as the reference server
             ingest.on_unknown(conn, event)
-            result = None
+            return
         if pkt.id is not None:
             self.send_sio(Packet(ACK, id=pkt.id, data=[] if result is None else [result]))
 
@@ -540,6 +564,14 @@ class LegacyServer:
     def close(self) -> None:
         self.sweeper.kill(block=False)
 
+    def drop_all(self) -> int:
+        """A graceful stop: every session's transport closed without a goodbye (see
+        :meth:`Session.drop`); how many there were."""
+        sessions = [s for s in self.sessions.values() if not s.closed]
+        for session in sessions:
+            session.drop()
+        return len(sessions)
+
     # -- routing ----------------------------------------------------------------------------
 
     def handle(self, environ, start_response, query):
@@ -554,7 +586,7 @@ class LegacyServer:
             if ws is None:
                 return self.error(start_response, environ, 3, "Bad request")
             if sid is None:
-                return self.serve_websocket(self.open_session(environ, False), ws)
+                return self.serve_websocket(self.open_session(environ, False, True), ws)
             session = self.sessions.get(sid)
             if session is None or session.closed or session.ws is not None or \
                     session.upgrading:
@@ -569,7 +601,7 @@ class LegacyServer:
             session = self.open_session(environ, "b64" in query)
             return self.poll(session, environ, start_response)
         session = self.sessions.get(sid)
-        if session is None:
+        if session is None or (session.closed and session.queue.empty()):
             return self.error(start_response, environ, 1, "Session ID unknown")
         if session.ws is not None:
             return self.error(start_response, environ, 3, "Bad request")
@@ -579,14 +611,16 @@ class LegacyServer:
             return self.post(session, environ, start_response)
         return self.error(start_response, environ, 2, "Bad handshake method")
 
-    def open_session(self, environ, b64: bool) -> Session:
+    def open_session(self, environ, b64: bool, websocket: bool = False) -> Session:
+        """A new session; its open packet offers the websocket upgrade to a polling client
+        only (a websocket is upgraded already), with the heartbeat in exact milliseconds."""
         sid = secrets.token_urlsafe(15)
         session = Session(self, sid, environ.get("REMOTE_ADDR", "?"), b64)
         self.sessions[sid] = session
         session.send(OPEN, json.dumps({
-            "sid": sid, "upgrades": ["websocket"],
-            "pingInterval": int(self.ping_interval * 1000),
-            "pingTimeout": int(self.ping_timeout * 1000)}, separators=(",", ":")))
+            "sid": sid, "upgrades": [] if websocket else ["websocket"],
+            "pingInterval": round(self.ping_interval * 1000),
+            "pingTimeout": round(self.ping_timeout * 1000)}, separators=(",", ":")))
         if self.ingest.connect(session.conn) is False:  # refused (e.g. too many from there)
             session.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
             session.close("connection refused")

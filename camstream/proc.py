@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -13,15 +14,53 @@ import setproctitle
 
 from camstream.config import Config
 
+# ``python -m camstream`` puts the current directory first on sys.path, so a folder named
+# ``camstream`` or ``workers`` where the user stands (the folder above a clone) shadows the
+# installed package. Children start through this line instead: it drops that first entry and
+# runs the module as -m would. Not ``-I``: it also ignores PYTHONPATH (the README's
+# ``PYTHONPATH=. camstream serve --processor redness:redness``) and user site-packages
+# (``pip install --user``); not ``-P``: Python 3.11+, and camstream runs on 3.9.
+_RUN_MODULE = ("import runpy, sys\n"
+               "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+               "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv of ``python -m module args...`` run with this interpreter, importing the
+    installed camstream whatever the current directory holds."""
+    return [sys.executable, "-c", _RUN_MODULE, module, *args]
+
 _PR_SET_PDEATHSIG = 1
 HOST = socket.gethostname()  # in reports on a bus that other machines may share
 
 
+# C0 and C1 control characters, DEL, and lone surrogates (which would not even encode)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``): what
+    a client sent can neither colour a terminal, rewrite a line, nor forge a log line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace")
+                            .decode("ascii"), text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Each record's message with its control characters escaped (a traceback, appended
+    after the message, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(level: str) -> None:
-    """One line per record, with a level and the process's role: journald-friendly."""
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format=f"%(levelname)s {setproctitle.getproctitle()}: %(message)s")
+    """One line per record, with a level and the process's role: journald-friendly. Control
+    characters in a message are escaped: much of what is logged comes from clients."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(
+        f"%(levelname)s {setproctitle.getproctitle()}: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def become(role: str, parent_pid: int) -> None:

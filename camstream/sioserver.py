@@ -1,13 +1,28 @@
-"""python-socketio and python-engineio, hardened: whatever a client sends that they cannot
-decode is a protocol error of that one connection (one log line, the connection closed),
-never a traceback, a hung request or a session left to its ping timeout.
+"""python-socketio and python-engineio, hardened and made to behave as the reference servers
+(npm socket.io 4.x) do.
 
-Each class overrides one library method and says why; the libraries do everything else.
-Found by the fuzz tests (tests/test_fuzz.py).
+Hardened: whatever a client sends that they cannot decode is a protocol error of that one
+connection (one log line, the connection closed), never a traceback, a hung request or a
+session left to its ping timeout (found by the fuzz tests, tests/test_fuzz.py).
+
+Conformance (tests/test_conformance.py compares each point with the reference server): the
+handshake announces the heartbeat in exact milliseconds and the ping timeout is enforced on
+time; a request without a known transport or with an unsupported method is a 400; a second
+long poll at once closes the session; a client's close over polling releases its pending poll
+with a noop; a POST is answered ``ok``; a CONNECT to a namespace that does not exist gets
+``{"message": "Invalid namespace"}``; a graceful stop closes each transport without an
+Engine.IO close packet (:meth:`EngineIOServer.drop_all`: python-socketio's client takes one as
+"sent away" and never reconnects).
+
+Each override says which library method it replaces and why; none of these has a public
+extension point, so tests/test_conformance.py fails when the libraries change under them
+(setup.cfg bounds the versions).
 """
 from __future__ import annotations
 
 import logging
+import time
+import urllib.parse
 
 import engineio
 import engineio.exceptions
@@ -53,6 +68,63 @@ class EngineIOSocket(engineio.socket.Socket):
     """python-engineio's session, with an Engine.IO packet it cannot decode (empty, an unknown
     type, bad base64) made a protocol error of its own connection. python-engineio lets that
     ValueError escape: a traceback, a 200 for the POST, a websocket left to the ping timeout."""
+
+    polls = 0  # long-polling GETs being answered right now
+
+    def send(self, pkt):
+        """The open packet announces the heartbeat in exact milliseconds: python-engineio
+        rounds pingInterval down to whole seconds (1.5 s announced as 1000 ms, and clients
+        then drop the connection every time the server is half a second "late")."""
+        if pkt.packet_type == engineio.packet.OPEN and isinstance(pkt.data, dict):
+            server = self.server
+            pkt.data["pingInterval"] = round(
+                (server.ping_interval + server.ping_interval_grace_period) * 1000)
+            pkt.data["pingTimeout"] = round(server.ping_timeout * 1000)
+        return super().send(pkt)
+
+    def _send_ping(self):
+        """Ping, then close the session exactly pingTimeout later if no pong came: python-
+        engineio only notices on its next sweep or send (up to ~200 ms late here)."""
+        super()._send_ping()
+        sent = self.last_ping
+        if sent is None or self.closing or self.closed:
+            return
+        self.server.sleep(max(0.0, sent + self.server.ping_timeout - time.time()) + 0.001)
+        if self.last_ping == sent and not self.closing and not self.closed:
+            self.check_ping_timeout()
+
+    def handle_get_request(self, environ, start_response):
+        """A second long poll while one is held breaks the protocol: the spec and the
+        reference close the session (python-engineio holds both)."""
+        if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            return super().handle_get_request(environ, start_response)
+        if self.polls:
+            log.warning("protocol error from %s: two long polls at once; closing it", self.sid)
+            self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
+            raise engineio.exceptions.EngineIOError("overlapping polls")  # a 400
+        self.polls += 1
+        try:
+            return super().handle_get_request(environ, start_response)
+        finally:
+            self.polls -= 1
+
+    def receive(self, pkt):
+        """A client's close over polling answers its pending poll with a noop, as the spec
+        and the reference do (python-engineio answers it with an empty body)."""
+        if pkt.packet_type == engineio.packet.CLOSE and not self.upgraded:
+            self.queue.put(engineio.packet.Packet(engineio.packet.NOOP))
+        return super().receive(pkt)
+
+    def drop(self) -> None:
+        """Close the transport without saying goodbye, so that the client reconnects: a
+        websocket gets its close frame, a held long poll a noop, and then the session is
+        unknown. python-engineio's own close sends a close packet first, which its Python
+        client takes as "sent away for good" (it never reconnects)."""
+        if self.closed or self.closing:
+            return
+        if not self.upgraded:
+            self.queue.put(engineio.packet.Packet(engineio.packet.NOOP))
+        self.close(wait=False, abort=True, reason=self.server.reason.SERVER_DISCONNECT)
 
     def handle_post_request(self, environ):
         try:
@@ -100,7 +172,32 @@ class EngineIOServer(engineio.Server):
         super().__init__(*args, **kwargs)
         self.sockets = EngineIOSessions()
 
+    def drop_all(self) -> int:
+        """A graceful stop: every session's transport closed without a close packet (see
+        :meth:`EngineIOSocket.drop`); how many there were."""
+        sessions = list(self.sockets.values())
+        for session in sessions:
+            if isinstance(session, EngineIOSocket):
+                session.drop()
+            self.sockets.pop(session.sid, None)
+        return len(sessions)
+
+    def _ok(self, packets=None, headers=None, jsonp_index=None):
+        """A POST is answered ``ok``, as the spec and the reference say (not ``OK``)."""
+        r = super()._ok(packets, headers, jsonp_index)
+        if packets is None and r.get("response") == b"OK":
+            r["response"] = b"ok"
+        return r
+
     def handle_request(self, environ, start_response):
+        refusal = self._refusal(environ)
+        if refusal:
+            code, message = refusal
+            body = ('{"code":%d,"message":"%s"}' % (code, message)).encode()
+            start_response("400 Bad Request", [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body)))]
+                           + self._cors_headers(environ))
+            return [body]
         try:
             return super().handle_request(environ, start_response)
         except KeyError as e:  # _get_socket: "Session is disconnected"
@@ -109,6 +206,17 @@ class EngineIOServer(engineio.Server):
                                                ("Content-Length", str(len(body)))])
             return [body]
 
+    def _refusal(self, environ) -> tuple[int, str] | None:
+        """What the reference refuses before python-engineio sees it: a request without a
+        known ``transport`` (python-engineio assumes polling) and a method other than GET,
+        POST or OPTIONS (python-engineio: 405). Codes and messages as the reference's."""
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        if query.get("transport", [""])[0] not in self.transports:
+            return 0, "Transport unknown"
+        if environ.get("REQUEST_METHOD") not in ("GET", "POST", "OPTIONS"):
+            return (2, "Bad handshake method") if "sid" not in query else (3, "Bad request")
+        return None
+
 
 class Server(socketio.Server):
     """python-socketio's server, with a malformed packet made a protocol error of its own
@@ -116,6 +224,18 @@ class Server(socketio.Server):
 
     def _engineio_server_class(self):
         return EngineIOServer
+
+    def _handle_connect(self, eio_sid, namespace, data):
+        """A CONNECT to a namespace nobody serves gets ``{"message": "Invalid namespace"}``, an
+        object as Socket.IO 5 says (python-socketio sends the string "Unable to connect",
+        which JS clients show as an empty message)."""
+        namespace = namespace or "/"
+        if namespace not in self.handlers and namespace not in self.namespace_handlers:
+            self._send_packet(eio_sid, self.packet_class(
+                socketio.packet.CONNECT_ERROR, data={"message": "Invalid namespace"},
+                namespace=namespace))
+            return
+        super()._handle_connect(eio_sid, namespace, data)
 
     def _handle_eio_message(self, eio_sid, data):
         try:

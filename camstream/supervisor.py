@@ -70,6 +70,8 @@ class Slot:
 
     @property
     def title(self) -> str:
+        if self.role == "web":
+            return "web view"
         return self.role if self.role in ("ingest", "display") else f"{self.role} {self.index}"
 
 
@@ -77,9 +79,11 @@ class Supervisor:
     SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD")
 
     def __init__(self, config: Config, listener: socket.socket, notifier: Notifier,
-                 reload: Callable[[], Config] | None = None) -> None:
+                 reload: Callable[[], Config] | None = None,
+                 web_listener: socket.socket | None = None) -> None:
         self.config = config
         self.listener = listener
+        self.web_listener = web_listener  # serve --web: bound once, handed to each web view
         self.notifier = notifier
         self.reload = reload          # re-reads the configuration file, for SIGHUP
         self.ctx = zmq.Context()
@@ -87,6 +91,8 @@ class Supervisor:
         self.slots += [Slot("worker", i) for i in range(1, config.workers + 1)]
         if config.display:
             self.slots.append(Slot("display"))
+        if web_listener is not None:
+            self.slots.append(Slot("web"))
         self.signals: list[int] = []
         self.stopping = False
         self.ready = False
@@ -225,8 +231,11 @@ class Supervisor:
         if slot.role == "display":
             self.spawn_display(slot)
             return
+        if slot.role == "web":
+            self.spawn_web(slot)
+            return
         module = "camstream.ingest" if slot.role == "ingest" else "workers"
-        argv = [sys.executable, "-m", module, str(os.getpid())]
+        argv = proc.python_module(module, str(os.getpid()))
         fds: tuple[int, ...] = ()
         env = dict(os.environ)
         if slot.role == "ingest":
@@ -249,10 +258,29 @@ class Supervisor:
         """``serve -d``: a display attached like any other (``camstream display``), started
         once; it answers no heartbeat, and when it exits it is not started again."""
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "camstream", "display", "--runtime-dir",
-             self.config.runtime_dir, "--parent-pid", str(os.getpid()),
-             "--log-level", self.config.log_level], stdin=subprocess.DEVNULL)
+            proc.python_module("camstream", "display", "--runtime-dir",
+                               self.config.runtime_dir, "--parent-pid", str(os.getpid()),
+                               "--log-level", self.config.log_level),
+            stdin=subprocess.DEVNULL)
         slot.started = time.monotonic()
+        slot.spawned += 1
+
+    def spawn_web(self, slot: Slot) -> None:
+        """``serve --web``: the web view (``camstream display --web``) on the socket bound
+        at start; it answers no heartbeat, and is started again when it dies."""
+        c = self.config
+        argv = [sys.executable, "-m", "camstream", "display", "--web", c.web,
+                "--listen-fd", str(self.web_listener.fileno()), "--runtime-dir",
+                c.runtime_dir, "--parent-pid", str(os.getpid()), "--log-level", c.log_level]
+        if c.auth:
+            argv += ["--auth", "--users", c.users_file]
+        if c.certfile:
+            argv += ["--certfile", c.certfile, "--keyfile", c.keyfile]
+        slot.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     pass_fds=(self.web_listener.fileno(),))
+        slot.started = time.monotonic()
+        if slot.spawned:
+            slot.restarts += 1
         slot.spawned += 1
 
     def reap(self) -> None:
@@ -275,7 +303,8 @@ class Supervisor:
             lived = now - slot.started
             # back off only from a crash loop: a child that dies before it ever answered
             # (bad configuration, import error); one that was serving is replaced at once
-            slot.failures = 0 if slot.last_beat else slot.failures + 1
+            served = slot.last_beat or (slot.role == "web" and lived > START_GRACE)
+            slot.failures = 0 if served else slot.failures + 1
             delay = min(MAX_BACKOFF, 0.1 * 2 ** slot.failures) if slot.failures > 1 else 0.0
             slot.not_before = now + delay
             log.warning("%s (pid %d) %s after %.1f s; restarting%s", slot.title, pid,
@@ -290,7 +319,7 @@ class Supervisor:
     def murder(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            if slot.proc is None or slot.role == "display":
+            if slot.proc is None or slot.role in ("display", "web"):
                 continue
             silent = now - (slot.last_beat or slot.started)
             limit = self.config.worker_timeout if slot.last_beat else START_GRACE
@@ -307,7 +336,7 @@ class Supervisor:
         if self.listener is not None:  # a pool has none
             self.listener.close()  # new connections are refused from now on
         start = time.monotonic()
-        for role, share in (("display", 0.1), ("ingest", 0.6), ("worker", 1.0)):
+        for role, share in (("display", 0.1), ("web", 0.1), ("ingest", 0.6), ("worker", 1.0)):
             self.signal_role(role, signal.SIGTERM)
             self.wait_role(role, start + share * self.config.stop_timeout)
         for slot in self.slots:

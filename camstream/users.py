@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")  # whole name: fullmatch
 NAME_RULE = "1-64 characters: letters, digits and _ . @ - (not first)"
 
 
@@ -68,7 +68,8 @@ _DUMMY = Hash.make(secrets.token_hex(16))
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    # fullmatch: with match and ``$``, "bob\n" passed ($ matches before a final newline)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UsersError(f"invalid user name {name!r}: {NAME_RULE}")
     return name
 

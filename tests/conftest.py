@@ -76,11 +76,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
 class Daemon:
     """``camstream serve`` in a subprocess of its own."""
 
-    def __init__(self, tmp: Path, *args: str, workers: int = 2, env: dict | None = None):
-        self.port = free_port()
+    def __init__(self, tmp: Path, *args: str, workers: int = 2, env: dict | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()  # a port: the daemon that ran there before is back
         self.url = f"http://127.0.0.1:{self.port}"
         self.runtime_dir = tmp / f"run-{self.port}"
         self.log_path = tmp / f"serve-{self.port}.log"
+        for n in range(2, 100):  # each start on one port logs to a file of its own
+            if not self.log_path.exists():
+                break
+            self.log_path = tmp / f"serve-{self.port}-{n}.log"
         self.workers = workers
         self.argv = [sys.executable, "-m", "camstream", "serve", "-i", "127.0.0.1",
                      "-p", str(self.port), "-w", str(workers),

@@ -45,3 +45,13 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
              "skipping it" >&2
     fi
 fi
+
+# The README's examples (tests/test_readme.py) pipe camstream's JSON lines into jq.
+if ! command -v jq >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq jq
+    else
+        echo "tests/setup.sh: the README tests need jq (as root: apt-get install -y jq)" >&2
+        exit 1
+    fi
+fi

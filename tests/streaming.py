@@ -12,24 +12,34 @@ from conftest import make_jpeg
 
 class Streamer:
     def __init__(self, url: str, name: str, fps: float = 20.0, password: str = "",
-                 frames: list[bytes] | None = None) -> None:
+                 frames: list[bytes] | None = None, transports=("websocket",),
+                 reconnection: dict | None = None) -> None:
+        """``reconnection``: python-socketio's reconnection options (default: back within
+        0.2-1 s); ``{}`` keeps the library's own (1-5 s)."""
         self.url, self.name, self.fps, self.password = url, name, fps, password
         self.frames = frames or [make_jpeg(seed=i) for i in range(8)]
         self.acks: list[dict] = []
         self.errors = 0
         self.disconnects = 0
         self._stop = threading.Event()
-        self.sio = socketio.Client(reconnection=True, reconnection_delay=0.2,
-                                   reconnection_delay_max=1)
+        self.transports = list(transports)
+        self.connects = 0
+        self.sio = socketio.Client(reconnection=True, **(
+            {"reconnection_delay": 0.2, "reconnection_delay_max": 1}
+            if reconnection is None else reconnection))
+        self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_connect(self, *args) -> None:
+        self.connects += 1
 
     def _on_disconnect(self, *args) -> None:
         if not self._stop.is_set():  # not the one stop() asks for
             self.disconnects += 1
 
     def start(self) -> Streamer:
-        self.sio.connect(self.url, transports=["websocket"], wait_timeout=10,
+        self.sio.connect(self.url, transports=self.transports, wait_timeout=10,
                          auth={"username": self.name, "password": self.password})
         self.thread.start()
         return self

@@ -10,8 +10,14 @@
 //   --polling: long-polling only, no upgrade; --b64: polling carries binary as base64 text.
 //   --real-ip ADDR: send X-Real-IP: ADDR (tests behind nginx's realip: one address each).
 //   --insecure: accept any TLS certificate (https:// URLs of a test's self-signed one).
+//   --auth: log in with the connect (4.x: auth {username, password}) instead of authenticate.
+//   --reconnection-delay MS, --reconnection-delay-max MS: the client's reconnection backoff
+//   (default: the library's own, 1000 and 5000; reconnection is always on, without limit).
 //
-// Prints one JSON line: {"client","authenticated","sent","transport","events",...}.
+// As the app, it authenticates again after every reconnection and streams on once accepted;
+// while disconnected it sends nothing. SIGTERM ends it (the summary is printed).
+// Prints one JSON line: {"client","authenticated","sent","transport","events","connects",
+// "logins","disconnects",...}.
 // Exit status: 0 done, 3 login refused, 4 no reply / connection failed, 2 bad arguments.
 "use strict";
 const fs = require("fs");
@@ -20,10 +26,11 @@ const path = require("path");
 function parseArgs(argv) {
   const opts = { client: "2", url: "http://127.0.0.1:8080", user: "alice", password: "",
                  frames: "", count: 0, fps: 10, websocket: false, polling: false, b64: false,
-                 insecure: false, hold: 0, timeout: 15, "real-ip": "" };
+                 insecure: false, auth: false, hold: 0, timeout: 15, "real-ip": "",
+                 "reconnection-delay": 0, "reconnection-delay-max": 0 };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, "");
-    if (["websocket", "polling", "b64", "insecure"].includes(key)) { opts[key] = true; continue; }
+    if (["websocket", "polling", "b64", "insecure", "auth"].includes(key)) { opts[key] = true; continue; }
     if (!(key in opts) || i + 1 >= argv.length) {
       console.error(`unknown or incomplete option ${argv[i]}`);
       process.exit(2);
@@ -53,16 +60,20 @@ function main() {
   const io = require(opts.client === "2" ? "sio2" : "sio4");
   const summary = { client: opts.client, user: opts.user, authenticated: null, sent: 0,
                     transport: null, upgraded: false, events: [], disconnect: null,
-                    error: null };
+                    error: null, connects: 0, logins: 0, disconnects: [], handshake: null };
   const started = Date.now();
-  const socket = io(opts.url, {
+  const options = {
     transports: opts.websocket ? ["websocket"] : opts.polling ? ["polling"] : ["polling", "websocket"],
     forceBase64: opts.b64,
-    reconnection: true, reconnectionDelay: 5000, reconnectionAttempts: 10,
+    reconnection: true,
     forceNew: true,
     rejectUnauthorized: !opts.insecure,
     extraHeaders: opts["real-ip"] ? { "X-Real-IP": opts["real-ip"] } : {},
-  });
+  };
+  if (opts["reconnection-delay"]) options.reconnectionDelay = opts["reconnection-delay"];
+  if (opts["reconnection-delay-max"]) options.reconnectionDelayMax = opts["reconnection-delay-max"];
+  if (opts.auth) options.auth = { username: opts.user, password: opts.password };
+  const socket = io(opts.url, options);
   const engine = () => socket.io.engine;
 
   // record every event the server sends to this client (2.x has no onAny)
@@ -92,35 +103,60 @@ function main() {
   }, opts.timeout * 1000);
 
   socket.on("connect_error", (err) => { summary.error = String(err && err.message || err); });
+  process.on("SIGTERM", () => { clearTimeout(deadline); finish(0); });
+  let loggedIn = false;  // in this connection
   socket.on("disconnect", (reason) => {
     summary.disconnect = reason;
+    summary.disconnects.push(reason);
+    loggedIn = false;
     if (summary.authenticated === false) {  // refused: the server hangs up on us
       clearTimeout(deadline);
       finish(3);
     }
   });
-  socket.io.on("open", () => engine().on("upgrade", () => { summary.upgraded = true; }));
-  socket.on("connect", () => {
-    if (summary.authenticated === null) socket.emit("authenticate", opts.user, opts.password, "onAuthentication");
+  socket.io.on("open", () => {
+    const eng = engine();
+    summary.handshake = { pingInterval: eng.pingInterval, pingTimeout: eng.pingTimeout,
+                          upgrades: eng.upgrades };
+    eng.on("upgrade", () => { summary.upgraded = true; });
   });
-  socket.on("onAuthentication", (ok) => {
+  socket.on("connect", () => {
+    summary.connects++;
+    if (opts.auth) return loggedOn(true);  // the server checked it with the connect
+    socket.emit("authenticate", opts.user, opts.password, "onAuthentication");
+  });
+  socket.on("onAuthentication", (ok) => loggedOn(ok));
+
+  let streaming = false;
+  function loggedOn(ok) {
     summary.authenticated = ok;
     if (!ok) {
       setTimeout(() => { clearTimeout(deadline); finish(3); }, 3000);  // bounded wait
       return;
     }
-    stream();
-  });
+    summary.logins++;
+    loggedIn = true;
+    if (!streaming) stream();
+  }
 
+  // frames at --fps while connected and logged in; the clock pauses while disconnected
   function stream() {
+    streaming = true;
     let n = 0;
     const period = 1000 / opts.fps;
-    const t0 = Date.now();
+    let due = Date.now();
     function next() {
-      if (n >= opts.count || !socket.connected) return flushed(done);
-      socket.emit("receiveImage", frames[n % frames.length]);
-      summary.sent = ++n;
-      setTimeout(next, Math.max(0, t0 + n * period - Date.now()));
+      if (n >= opts.count || summary.disconnect === "io server disconnect") {
+        return flushed(done);  // done, or sent away (a socket.io client does not come back)
+      }
+      if (socket.connected && loggedIn) {
+        socket.emit("receiveImage", frames[n % frames.length]);
+        summary.sent = ++n;
+        due += period;
+      } else {
+        due = Date.now() + period;
+      }
+      setTimeout(next, Math.max(0, due - Date.now()));
     }
     next();
   }
