@@ -19,7 +19,7 @@ import camstream
 
 RECIPE = """\
 # Run camstream as a systemd service: a recipe to follow line by line (as an admin).
-# The unit files are in {units}
+# The unit files and the example configuration are in {units}/
 
 # 1. A system user and group of its own (never root); desktop users who may attach a
 #    display join the group.
@@ -88,20 +88,24 @@ def installed_from() -> Path | None:
 
 
 def recipe() -> str:
+    """The recipe with the paths of this copy: a clone, or the wheel or tree it came from."""
     units = units_dir()
     tree = units.parent
     if (tree / "setup.cfg").exists():
-        source, origin = tree, " from this clone"
-    elif (origin_path := installed_from()) is not None:
-        source = origin_path
-        origin = " from the wheel this copy came from" if origin_path.is_file() else \
-            " from the source tree this copy came from"
-    else:  # installed some other way: say what to give pip
-        source = Path(f"camstream-{camstream.__version__}-py3-none-any.whl")
-        origin = (" from a wheel (camstream is not on a package index: 'pip wheel --no-deps "
+        return render(units, tree, " from this clone")
+    origin = installed_from()
+    if origin is not None:
+        return render(units, origin, " from the wheel this copy came from" if origin.is_file()
+                      else " from the source tree this copy came from")
+    # installed some other way: say what to give pip
+    return render(units, Path(f"camstream-{camstream.__version__}-py3-none-any.whl"),
+                  " from a wheel (camstream is not on a package index: 'pip wheel --no-deps "
                   "-w DIR .' in a clone makes one)")
-    return RECIPE.format(units=units, source=shlex.quote(f"{source}[headless]"),
-                         origin=origin)
+
+
+def render(units: Path, source: Path, origin: str) -> str:
+    """README.md shows it rendered for the clone's own folder (units ``systemd``, source ``.``)."""
+    return RECIPE.format(units=units, source=shlex.quote(f"{source}[headless]"), origin=origin)
 
 
 class ReloadError(Exception):
