@@ -45,6 +45,7 @@ BASELINES = {
     "latency": "one cv2.imdecode (p50/p99), same process; capacity from a saturation run",
     "isolation": "the prototype's design: one gevent process decoding + working in the handler",
     "profile": "",
+    "webview": "the same daemon and streams with no viewer (both 0-viewer windows)",
 }
 
 

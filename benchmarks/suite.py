@@ -566,6 +566,12 @@ def bench_routing(run: Run) -> dict:
     return bench(run)
 
 
+def bench_webview(run: Run) -> dict:
+    """benchmarks/webview.py: what a browser viewer costs (imported when run, as scaleout)."""
+    from benchmarks.webview import bench_webview as bench
+    return bench(run)
+
+
 BENCHMARKS = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -575,4 +581,5 @@ BENCHMARKS = {
     "profile": bench_profile,
     "scaleout": bench_scaleout,
     "routing": bench_routing,
+    "webview": bench_webview,
 }

@@ -68,6 +68,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def server_url(text: str) -> str:
+    """A server address as users write it: ``http(s)://HOST:PORT``, or ``HOST:PORT`` meaning
+    ``http://HOST:PORT`` (and a bare ``HOST`` the daemon's default port, 8080)."""
+    from urllib.parse import urlsplit
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        parts = port = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected a server URL such as "
+                                         f"http://HOST:8080 (or HOST:PORT), got {text!r}")
+    if "://" not in text and port is None:  # a bare host: the daemon's default port
+        url += ":8080"
+    return url
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="camstream", description=(
         "Frame-ingest daemon: phones and cameras stream JPEG frames over socket.io; camstream "
@@ -185,8 +203,9 @@ def build_parser() -> Parser:
     send = verbs.add_parser("send", help="reference client: stream frames to a server",
                             description="Stream JPEG frames to a camstream server, as a phone "
                             "would, and print sent/accepted/dropped and fps once a second.")
-    send.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
-                      help="server URL (default: %(default)s)")
+    send.add_argument("url", nargs="?", default="http://127.0.0.1:8080", type=server_url,
+                      help="server URL, http(s)://HOST:PORT; HOST:PORT means http "
+                      "(default: %(default)s)")
     send.add_argument("-u", "--username", default="demo", help="user name (default: demo)")
     send.add_argument("--password", default="",
                       help="password (or set CAMSTREAM_PASSWORD; default: empty)")
@@ -220,8 +239,9 @@ def build_parser() -> Parser:
     status = verbs.add_parser("status", help="print a running daemon's counters",
                               description="Print the counters of a running daemon "
                               "(from its /healthz).")
-    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080",
-                        help="server URL (default: %(default)s)")
+    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080", type=server_url,
+                        help="server URL, http(s)://HOST:PORT; HOST:PORT means http "
+                      "(default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     add_tls_trust(status)
     status.set_defaults(run=run_status)
@@ -276,7 +296,8 @@ def build_parser() -> Parser:
     add_processor_arguments(pool)
     add_runtime_dir(pool)
     pool.add_argument("--log-level", default="info",
-                      choices=["debug", "info", "warning", "error"])
+                      choices=["debug", "info", "warning", "error"],
+                      help="log verbosity (default: %(default)s)")
     pool.add_argument("--worker-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                       help="a worker silent this long is replaced (default: %(default)s)")
     pool.add_argument("--stop-timeout", type=positive_float, default=10.0, metavar="SECONDS",
@@ -290,7 +311,8 @@ def build_parser() -> Parser:
     add_tcp_arguments(worker, "worker")
     add_processor_arguments(worker)
     worker.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default: %(default)s)")
     worker.set_defaults(run=run_worker)
 
     keys = verbs.add_parser("keys", help="make CURVE keys for tcp endpoints",
@@ -330,9 +352,10 @@ def add_tcp_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     else:
         parser.add_argument("--worker-endpoint", type=endpoint_arg, default=None,
                             required=verb == "pool", metavar="tcp://HOST:PORT",
-                            help="serve: also offer frames to remote workers here (e.g. "
-                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint; "
-                            "pool: where ingest nodes connect")
+                            help="where ingest nodes ('serve --ingest-only') and remote "
+                            "workers connect, e.g. tcp://0.0.0.0:5555" if verb == "pool" else
+                            "also offer frames to remote workers here (e.g. "
+                            "tcp://0.0.0.0:5555); with --ingest-only: the pool's endpoint")
         parser.add_argument("--bus-endpoint", type=endpoint_arg, default=None,
                             metavar="tcp://HOST:PORT", help="the bus over tcp: PORT (publish) "
                             "and PORT+1 (subscribe) (default: --worker-endpoint's PORT+1)")
@@ -571,9 +594,13 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
                if a.option_strings and a.option_strings[-1].startswith("--")
                and a.dest not in ("help", "config")}
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise CliError(f"--config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
+        raise CliError(f"--config {path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}"
+                       f"); is it the right file?") from None
     values: dict = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split(" #")[0].strip()
@@ -707,9 +734,7 @@ def run_users(args: argparse.Namespace) -> int:
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
-            password = getpass.getpass(f"password for {args.name}: ")
-            if getpass.getpass("again: ") != password:
-                raise CliError("the passwords differ")
+            password = ask_password(args.name, args.users)
         users.add(args.name, password)
         users.save(args.users)
     except UsersError as e:
@@ -718,6 +743,25 @@ def run_users(args: argparse.Namespace) -> int:
         raise CliError(f"{args.users}: {e.strerror}") from None
     print(f"saved {args.name} in {args.users} (a running daemon picks it up on SIGHUP)")
     return 0
+
+
+def ask_password(name: str, users_file: str) -> str:
+    """Twice, on the terminal; with none (a script, a service), say what to use instead."""
+    hint = (f"no terminal to ask for the password on: pipe it in with --password-stdin, "
+            f"e.g. echo \"$PW\" | camstream users add {name} --password-stdin --users "
+            f"{users_file}")
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        if not sys.stdin.isatty():
+            raise CliError(hint) from None
+    try:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ")
+    except EOFError:
+        raise CliError(hint) from None
+    return password
 
 
 def run_send(args: argparse.Namespace) -> int:

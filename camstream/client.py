@@ -8,6 +8,7 @@ acknowledgement (so it paces itself on the server's answers) or as the prototype
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -64,37 +65,72 @@ def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
 
 
 def folder_frames(folder: Path) -> Iterator[bytes]:
-    """Replay a folder of JPEG files as they are, in name order (no re-encoding)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    """Replay a folder of JPEG files as they are, in name order (no re-encoding). The folder is
+    listed now, so that an empty one is said before connecting."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    except OSError as e:
+        raise ValueError(f"--source {folder}: {e.strerror}") from None
     if not files:
-        raise ValueError(f"no .jpg files in {folder}")
-    for path in files:
-        yield path.read_bytes()
+        raise ValueError(f"--source {folder}: no .jpg or .jpeg files in that folder")
+    return (path.read_bytes() for path in files)
 
 
-def capture_frames(source, quality: int) -> Iterator[bytes]:
+def capture_frames(source: int | str, quality: int) -> Iterator[bytes]:
+    """Frames of a video file or a camera, re-encoded as JPEG. The source is opened and its
+    first frame read now, so that a file that is not a video, or a camera that is not there,
+    is said before connecting."""
     import cv2
 
-    cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise ValueError(f"cannot open video source {source!r}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    what = f"camera {source}" if isinstance(source, int) else str(source)
+    with quiet_stderr():  # OpenCV's and FFmpeg's own complaints would bury our one line
+        cap = cv2.VideoCapture(source)
+        ok, img = cap.read() if cap.isOpened() else (False, None)
+    if not ok:
+        cap.release()
+        hint = ("no such camera, or it is busy" if isinstance(source, int)
+                else "not a video OpenCV can read")
+        raise ValueError(f"--source {what}: cannot read a frame ({hint})")
+    return _captured(cap, img, quality)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries write there directly) for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        while True:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _captured(cap, first, quality: int) -> Iterator[bytes]:
+    import cv2
+
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    img = first
+    try:
+        while img is not None:
+            yield cv2.imencode(".jpg", img, params)[1].tobytes()
             ok, img = cap.read()
             if not ok:
                 return
-            yield cv2.imencode(".jpg", img, params)[1].tobytes()
     finally:
         cap.release()
 
 
 def open_source(source: str, size: str, quality: int) -> Iterator[bytes]:
+    """The frames ``--source`` names; ValueError (one line) if it cannot give any."""
     if source == "synthetic":
         return synthetic_frames(*parse_size(size), quality)
     if source.isdigit():
         return capture_frames(int(source), quality)
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         return folder_frames(path)
     if path.is_file():
@@ -122,11 +158,14 @@ class Tally:
         self.reasons: dict[str, int] = {}
         self.started = time.monotonic()
 
-    def line(self) -> str:
+    def line(self, legacy: bool = False) -> str:
         elapsed = max(1e-9, time.monotonic() - self.started)
-        text = (f"sent {self.sent}  accepted {self.accepted}  refused {self.refused}  "
-                f"dropped {self.dropped}  {self.sent / elapsed:.1f} fps")
-        if self.results is not None:
+        if legacy:  # receiveImage has no ack: what happened to a frame only the daemon knows
+            text = f"sent {self.sent}  {self.sent / elapsed:.1f} fps"
+        else:
+            text = (f"sent {self.sent}  accepted {self.accepted}  refused {self.refused}  "
+                    f"dropped {self.dropped}  {self.sent / elapsed:.1f} fps")
+        if self.results:
             text += f"  results {self.results}"
         if self.reasons:
             text += "  (" + ", ".join(f"{k}: {v}" for k, v in self.reasons.items()) + ")"
@@ -183,6 +222,9 @@ def send(args: argparse.Namespace, password: str) -> int:
     try:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
+        if login["error"] == "authentication failed":
+            print(refused_login(args), file=sys.stderr)
+            return 1
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
         print(f"camstream send: cannot connect to {args.url}: {login['error'] or e}{hint}",
@@ -190,10 +232,12 @@ def send(args: argparse.Namespace, password: str) -> int:
         return 1
     if args.legacy:
         if not login["event"].wait(10) or not login["ok"]:
-            print(f"camstream send: login refused for {args.username!r}", file=sys.stderr)
+            print(refused_login(args), file=sys.stderr)
             sio.disconnect()
             return 1
+        before = client_counts(args.url, args.username, session.verify)
     tally.started = time.monotonic()
+    no_results_said = False
     live = not args.quiet and sys.stderr.isatty()
     interval = 1.0 / args.fps if args.fps > 0 else 0.0
     next_at = time.monotonic()
@@ -206,9 +250,13 @@ def send(args: argparse.Namespace, password: str) -> int:
                     time.sleep(next_at - now)
                 next_at = max(next_at + interval, time.monotonic() - 1.0)
             send_one(sio, args.legacy, n, jpeg, tally)
+            if args.results and not no_results_said and not tally.results and \
+                    (tally.accepted or args.legacy) and time.monotonic() - tally.started > 3:
+                print(("\n" if live else "") + NO_RESULTS, file=sys.stderr, flush=True)
+                no_results_said = True
             if live and time.monotonic() - last_print > 1.0:
                 last_print = time.monotonic()
-                print("\r" + tally.line(), end="", file=sys.stderr, flush=True)
+                print("\r" + tally.line(args.legacy), end="", file=sys.stderr, flush=True)
             if (args.count and n >= args.count) or reader_gone.is_set():
                 break
     except KeyboardInterrupt:
@@ -219,8 +267,56 @@ def send(args: argparse.Namespace, password: str) -> int:
         if args.results:
             wait_for_results(tally, tally.sent if args.legacy else tally.accepted)
         sio.disconnect()
-    print(("\r" if live else "") + tally.line(), file=sys.stderr)
+    print(("\r" if live else "") + tally.line(args.legacy), file=sys.stderr)
+    if args.results and not tally.results and not no_results_said and \
+            (tally.accepted or args.legacy and tally.sent):
+        print(NO_RESULTS, file=sys.stderr)
+    if args.legacy and tally.sent:
+        print(counts_line(args, before, tally.sent, session.verify), file=sys.stderr)
     return 0
+
+
+NO_RESULTS = ("camstream send: no results come back: the daemon sends them only when it "
+              "runs with --emit-results")
+
+
+def refused_login(args: argparse.Namespace) -> str:
+    return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
+            "user name or password, or a try too soon after one (after failed logins the "
+            "daemon refuses that name from this address for 0.5 s, doubling up to a minute)")
+
+
+COUNTED = ("received", "refused", "dropped", "processed", "errors", "lost")
+
+
+def client_counts(url: str, name: str, verify: bool | str) -> dict | None:
+    """The daemon's counters for client ``name`` (/healthz), None if it does not answer."""
+    try:
+        row = fetch_health(url, timeout=2, verify=verify)["clients"].get(name, {})
+        return {k: int(row.get(k, 0)) for k in COUNTED}
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def counts_line(args: argparse.Namespace, before: dict | None, sent: int,
+                verify: bool | str, timeout: float = 5.0) -> str:
+    """--legacy: what the daemon did with this run's frames, from its /healthz counters for
+    the client (the difference since the login: other connections under the same name would
+    count too). Waits until every frame received is accounted for, ``timeout`` at most."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = client_counts(args.url, args.username, verify)
+        if after is None or before is None:
+            return (f"camstream send: the daemon's counters for {args.username!r} are not "
+                    f"available ({args.url}/healthz did not answer)")
+        d = {k: after[k] - before[k] for k in COUNTED}
+        settled = d["received"] >= sent and sum(d[k] for k in COUNTED[1:]) >= d["received"]
+        if settled or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    return (f"the daemon's counters for {args.username!r} during this run: "
+            + ", ".join(f"{k} {d[k]}" for k in COUNTED)
+            + ("" if settled else " (some frames still on their way)"))
 
 
 def wait_for_results(tally: Tally, expected: int, quiet: float = 1.0,
@@ -273,11 +369,37 @@ def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True) -> d
     return resp.json()
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``, ``3 d 4 h``."""
+    s = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "min", 60),
+                                     ("min", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size} {unit} {s % size // subsize} {sub}"
+    return f"{s} s"
+
+
+def workers_line(w: dict) -> str:
+    """Local and remote workers apart: /healthz's ``alive`` counts both, ``expected`` only the
+    local ones (the supervisor's, or the pool's on an ingest-only node)."""
+    remote = w.get("remote", [])
+    remote_alive = sum(1 for r in remote if r["alive"])
+    local_alive = w["alive"] - remote_alive
+    if w.get("expected") is None:
+        text = "workers: no pool has reported yet"
+    else:
+        text = (f"workers: {local_alive} of {w['expected']} alive here "
+                f"({w['restarts']} restarts)")
+    if remote:
+        hosts = ", ".join(f"{r['host']} pid {r['pid']}" + ("" if r["alive"] else " (gone)")
+                          for r in remote)
+        text += f", {remote_alive} remote alive ({hosts})"
+    return text
+
+
 def format_health(health: dict) -> str:
-    w = health["workers"]
-    lines = [f"up {health['uptime_s']:.0f} s, workers {w['alive']} alive of "
-             f"{w['expected']} ({w['restarts']} restarts), ingest restarts "
-             f"{health['ingest']['restarts']}"]
+    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+             f"ingest restarts {health['ingest']['restarts']}"]
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)
@@ -290,11 +412,38 @@ def format_health(health: dict) -> str:
     return "\n".join(lines)
 
 
+def why_unanswered(error: Exception, url: str, verify: bool | str) -> str:
+    """requests' exceptions say everything twice, with object reprs: a short reason instead,
+    and the hint a user needs for a certificate of their own."""
+    if isinstance(error, requests.exceptions.SSLError):
+        if "CERTIFICATE_VERIFY_FAILED" in str(error) and verify is True:
+            return ("its certificate is not one this machine trusts (a certificate of your "
+                    "own? --cafile PEM, or --insecure)")
+        return "the TLS handshake failed (is it serving https? try http://)"
+    if isinstance(error, requests.exceptions.Timeout):
+        return "no answer within 5 s"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        text = str(error)
+        if "refused" in text:
+            return "connection refused (is camstream serve running, on this port?)"
+        if "NameResolution" in text or "not known" in text:
+            return f"unknown host {requests.utils.urlparse(url).hostname!r}"
+        if "RemoteDisconnected" in text or "reset" in text:
+            return "it closed the connection (an https port? try https://)"
+        return "cannot connect"
+    if isinstance(error, requests.exceptions.HTTPError):
+        return f"HTTP {error.response.status_code} at /healthz (is it a camstream daemon?)"
+    if isinstance(error, ValueError):
+        return "no JSON at /healthz (is it a camstream daemon?)"
+    return str(error)
+
+
 def print_status(url: str, as_json: bool = False, verify: bool | str = True) -> int:
     try:
         health = fetch_health(url, verify=verify)
     except (requests.RequestException, ValueError) as e:
-        print(f"camstream status: no daemon answers at {url}: {e}", file=sys.stderr)
+        print(f"camstream status: no daemon answers at {url}: {why_unanswered(e, url, verify)}",
+              file=sys.stderr)
         return 1
     if as_json:
         import json
@@ -332,6 +481,15 @@ def demo(args: argparse.Namespace) -> int:
             sent = send(send_args, "")
             time.sleep(1.5)  # processed counts arrive twice a second
             print_status(url)
+            row = (client_counts(url, "demo", True) or {}) if not sent else {}
+            if row.get("processed"):
+                print(f"camstream demo: {row['processed']} of {row['received']} frames "
+                      "processed. Next: 'camstream serve' on the lab machine, and the app "
+                      "pointed at it (README: Connect the Android app)", file=sys.stderr)
+            elif not sent:
+                print("camstream demo: no frame was processed (see the lines above)",
+                      file=sys.stderr)
+                sent = 1
         except KeyboardInterrupt:
             pass
         finally:

@@ -21,13 +21,13 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream import subscribe
 from camstream.cli import CliError, add_runtime_dir, positive_float, require_opencv
-from camstream.subscribe import Frame, Subscription
+from camstream.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", metavar="DIR",
                         help="no windows: write the newest frame of each client to "
                         "DIR/<client>.jpg once a second (atomically), with DIR/<client>.json "
-                        "saying which frame it is; works without a screen")
+                        "saying which frame it is; works without a screen. A client's files "
+                        "stay when it leaves (its JSON then says \"left\": true)")
     parser.add_argument("--idle", type=positive_float, default=5.0, metavar="SECONDS",
                         help="close a client's window after this long without frames "
                         "(default: %(default)s)")
@@ -152,9 +153,13 @@ class Stream:
     name: str
     frame: Frame | None = None
     fresh: bool = False               # newer than what the sink last showed
-    last_arrival: float = 0.0         # monotonic time of the newest frame
-    fps: float | None = None          # the stream's rate, from ingest's sequence numbers
-    _anchor: tuple[float, int] | None = None
+    # monotonic time of the newest frame; a new stream's idle time starts when it appears
+    last_arrival: float = field(default_factory=time.monotonic)
+    rate: StreamRate = field(default_factory=StreamRate)
+
+    @property
+    def fps(self) -> float | None:
+        return self.rate.fps
 
     @property
     def result(self) -> dict | None:
@@ -162,11 +167,7 @@ class Stream:
 
     def take(self, frame: Frame) -> None:
         now = time.monotonic()
-        if self._anchor is None or frame.seq < self._anchor[1]:
-            self._anchor = (now, frame.seq)
-        elif now - self._anchor[0] >= 1.0:
-            self.fps = (frame.seq - self._anchor[1]) / (now - self._anchor[0])
-            self._anchor = (now, frame.seq)
+        self.rate.update(frame.seq, now)
         self.frame = frame
         self.fresh = True
         self.last_arrival = now
@@ -391,7 +392,8 @@ class Windows:
 
 class Snapshots:
     """Headless: ``DIR/<client>.jpg`` (the newest frame) and ``DIR/<client>.json`` (which
-    frame it is), each replaced atomically once a second; removed when the client leaves."""
+    frame it is), each replaced atomically once a second. When the client leaves they stay
+    (the last picture is what a user wants to look at), and the JSON says ``"left": true``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -432,8 +434,13 @@ class Snapshots:
     def close(self, name: str) -> None:
         if name in self.written:
             self.written.discard(name)
-            for ext in ("jpg", "json"):
-                (self.folder / f"{safe(name)}.{ext}").unlink(missing_ok=True)
+            path = self.folder / f"{safe(name)}.json"
+            try:
+                info = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                return
+            info.update(left=True, left_ns=time.time_ns())
+            self._replace(path.name, json.dumps(info).encode())
 
     def closed_by_user(self) -> list[str]:
         return []

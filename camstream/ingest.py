@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -422,17 +423,18 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
 
 def refuse_handshakes_while(draining, app):
-    """While ingest drains (SIGTERM), a new session is refused with ``503`` and the HTTP
-    connection closed. New TCP connections are already refused (the listening socket is
-    closed); this is for a client whose keep-alive connection is still open. Every socket.io
-    client retries after a 503; a Socket.IO connect error would tell it to give up."""
+    """While ingest drains (SIGTERM), a new session is refused with ``503`` (and the HTTP
+    connection closed: :class:`Handler`). New TCP connections are already refused (the
+    listening socket is closed); this is for a client whose keep-alive connection is still
+    open. Every socket.io client retries after a 503 (tests/test_conformance.py); a Socket.IO
+    connect error would tell JS 4.x to give up."""
     def middleware(environ, start_response):
         if draining() and environ.get("PATH_INFO", "").startswith("/socket.io") and \
                 "sid=" not in environ.get("QUERY_STRING", ""):
             body = b"camstream is stopping: try again in a moment\n"
-            start_response("503 Service Unavailable", [
+            start_response("503 Service Unavailable", [  # Handler adds Connection: close
                 ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
-                ("Retry-After", "1"), ("Connection", "close")])
+                ("Retry-After", "1")])
             return [body]
         return app(environ, start_response)
     return middleware
@@ -445,11 +447,39 @@ def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
     return sio.eio.drop_all() + old.drop_all()
 
 
+class Handler(WebSocketHandler):
+    """gevent-websocket's request handler, closing the connection after a refused websocket
+    upgrade (426, 400) and a 503 (the drain), and saying so (``Connection: close``, a header
+    WSGI apps may not set). gevent-websocket closed after a refused upgrade without saying it:
+    an HTTP client that keeps connections alive (node-fetch on Node 20) then sent its next
+    request into the closed socket and got "socket hang up"."""
+
+    def start_response(self, status, headers, exc_info=None):
+        refused_upgrade = not status.startswith("101") and \
+            self.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if (refused_upgrade or status.startswith("503")) and \
+                not any(name.lower() == "connection" for name, _ in headers):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+
 class Server(WSGIServer):
     """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
-    port, a port scanner) one log line at most every ten seconds, not a traceback each."""
+    port, a port scanner) one log line at most every ten seconds, not a traceback each; and
+    each connection without Nagle's delay (TCP_NODELAY, as Node's http server): pywsgi writes
+    a long-poll answer in pieces, and each small piece after the first waited for the client's
+    delayed ACK, 40 ms per poll on Linux."""
 
     quiet_until = 0.0
+
+    def do_read(self):
+        accepted = super().do_read()
+        if accepted is not None:
+            try:
+                accepted[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # already reset by the peer: handled as any dead connection
+                pass
+        return accepted
 
     def wrap_socket_and_handle(self, client_socket, address):
         try:
@@ -478,7 +508,7 @@ def main() -> int:
     app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)
     app = refuse_handshakes_while(lambda: ingest.draining, app)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
-    server = Server(listener, app, handler_class=WebSocketHandler, log=None,
+    server = Server(listener, app, handler_class=Handler, log=None,
                         error_log=logging.getLogger("camstream.http"), **tls)
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")

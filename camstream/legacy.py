@@ -497,12 +497,13 @@ class Session:
             raise ProtocolError(f"unexpected socket.io packet type {kind}")
 
     def rejoin(self) -> None:
-        """A CONNECT after the client left the namespace: joined again, as a new login."""
+        """A CONNECT after the client left the namespace: joined again (it must log in again).
+        Unanswered, as socket.io 2 does for the default namespace (its ``40`` went with the
+        handshake)."""
         if self.server.ingest.connect(self.conn) is False:
             self.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
             return
         self.joined = True
-        self.send_sio(Packet(CONNECT))
 
     def on_event(self, pkt: Packet) -> None:
         """Dispatch by event name exactly as ``ingest.socketio_server`` does."""
@@ -596,7 +597,9 @@ class LegacyServer:
         if transport != "polling":
             return self.error(start_response, environ, 0, "Transport unknown")
         if sid is None:
-            if method != "GET" or "j" in query:  # JSONP is not served
+            if method != "GET":
+                return self.error(start_response, environ, 2, "Bad handshake method")
+            if "j" in query:  # JSONP is not served
                 return self.error(start_response, environ, 3, "Bad request")
             session = self.open_session(environ, "b64" in query)
             return self.poll(session, environ, start_response)

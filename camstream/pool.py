@@ -20,7 +20,7 @@ import time
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
-from camstream.supervisor import FRESH, Supervisor
+from camstream.supervisor import FRESH, Supervisor, plural
 
 log = logging.getLogger("camstream.pool")
 
@@ -37,7 +37,7 @@ class Pool(Supervisor):
         self.streamer = bus.Streamer(self.ctx, self.config.runtime_dir, bus.offered(self.config),
                                      self.config.worker_hwm)
         self.streamer.start()
-        log.info("pool: frames from ingest nodes on %s, bus on %s and %s",
+        log.info("frames from ingest nodes on %s, bus on %s and %s",
                  self.config.worker_endpoint, self.config.bus_endpoint,
                  bus.tcp_plus(self.config.bus_endpoint, 1))
 
@@ -49,7 +49,7 @@ class Pool(Supervisor):
         return all(s.last_beat for s in self.slots)
 
     def ready_line(self) -> str:
-        return f"{self.worker_count()} workers"
+        return plural(self.worker_count(), "worker")
 
     def healthy(self, now: float) -> bool:
         return any(s.last_beat and now - s.last_beat < FRESH for s in self.slots)

@@ -55,11 +55,14 @@ class EscapingFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
-    """One line per record, with a level and the process's role: journald-friendly. Control
-    characters in a message are escaped: much of what is logged comes from clients."""
+    """One line per record, with a level and the process's role: journald-friendly. On a
+    terminal each line starts with the time; journald stamps its own (JOURNAL_STREAM).
+    Control characters in a message are escaped: much of what is logged comes from clients."""
+    stamp = "%(asctime)s " if sys.stderr.isatty() and "JOURNAL_STREAM" not in os.environ \
+        else ""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter(
-        f"%(levelname)s {setproctitle.getproctitle()}: %(message)s"))
+        f"{stamp}%(levelname)s {setproctitle.getproctitle()}: %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 

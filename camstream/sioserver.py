@@ -99,7 +99,8 @@ class EngineIOSocket(engineio.socket.Socket):
         if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
             return super().handle_get_request(environ, start_response)
         if self.polls:
-            log.warning("protocol error from %s: two long polls at once; closing it", self.sid)
+            log.warning("protocol error from a client at %s: two long polls at once; closing "
+                        "it", environ.get("REMOTE_ADDR", "?"))  # never the sid: a credential
             self.close(wait=False, reason=self.server.reason.TRANSPORT_ERROR)
             raise engineio.exceptions.EngineIOError("overlapping polls")  # a 400
         self.polls += 1

@@ -161,13 +161,15 @@ class Ledger:
         remote = self.remote_workers()
         return {
             "status": "ok",
-            "uptime_s": round(time.time() - self.started, 1),
+            # the daemon's (its supervisor's) age; ingest's own is under "ingest"
+            "uptime_s": round(time.time() - sup.get("started", self.started), 1),
             "workers": {"alive": pool["workers_alive"] + sum(1 for r in remote if r["alive"])
                         if "workers_alive" in pool else self.workers_alive(),
                         "expected": pool.get("workers_expected", self.workers_configured),
                         "restarts": pool.get("worker_restarts", 0),
                         **({"remote": remote} if remote else {})},  # camstream worker
-            "ingest": {"restarts": sup.get("ingest_restarts", 0)},
+            "ingest": {"restarts": sup.get("ingest_restarts", 0),
+                       "uptime_s": round(time.time() - self.started, 1)},
             "clients": clients,
             "totals": totals,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)

@@ -115,6 +115,22 @@ class Event:
     kind: str
 
 
+class StreamRate:
+    """A stream's frames a second, from ingest's sequence numbers (so frames this subscriber
+    lost on the bus still count), updated about once a second."""
+
+    def __init__(self) -> None:
+        self.fps: float | None = None
+        self._anchor: tuple[float, int] | None = None   # (monotonic time, seq)
+
+    def update(self, seq: int, now: float) -> None:
+        if self._anchor is None or seq < self._anchor[1]:
+            self._anchor = (now, seq)
+        elif now - self._anchor[0] >= 1.0:
+            self.fps = (seq - self._anchor[1]) / (now - self._anchor[0])
+            self._anchor = (now, seq)
+
+
 def decode(parts: list, recent_raw: dict[str, dict[int, Any]] | None = None) -> Frame | None:
     """A Frame from a bus message (``[RAW topic, header, jpeg]`` or ``[PROCESSED topic,
     header, result json, annotated jpeg]``), or None for one this version cannot read.

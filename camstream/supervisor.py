@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,6 +34,9 @@ from camstream.config import Config
 from camstream.notify import Notifier
 
 log = logging.getLogger("camstream.supervisor")
+# Config fields whose option (and --config key) has another name: logs say the option
+OPTION_OF = {"max_frame_bytes": "max-frame-size", "users_file": "users",
+             "processor_options": "processor-opt", "record_dir": "record"}
 
 TICK = 0.5                # seconds between turns of the loop when nothing happens
 FRESH = 2.0               # a heartbeat younger than this proves its sender answers
@@ -100,6 +102,8 @@ class Supervisor:
         self.last_watchdog = 0.0
         self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
+        self.started = time.time()      # the daemon's age (/healthz uptime_s), not ingest's
+        self.remote: dict[tuple, tuple[float, dict]] = {}  # (host, pid) -> last seen, report
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -137,8 +141,8 @@ class Supervisor:
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.poller.register(self.beats, zmq.POLLIN)
         roles = sorted({s.title.split()[0] for s in self.slots})
-        log.info("starting %s (%d workers; runtime dir %s)", ", ".join(roles),
-                 self.worker_count(), self.config.runtime_dir)
+        log.info("starting %s (%s; runtime dir %s)", ", ".join(roles),
+                 plural(self.worker_count(), "worker"), self.config.runtime_dir)
         self.manage()
 
     def open_bus(self) -> None:
@@ -195,32 +199,34 @@ class Supervisor:
                  and getattr(new, f.name) != getattr(self.config, f.name)]
         if fixed:
             log.warning("changed settings that need a restart (systemctl restart camstream): "
-                        "%s", ", ".join(fixed))
+                        "%s", ", ".join(OPTION_OF.get(f, f.replace("_", "-")) for f in fixed))
         if new.log_level != self.config.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
             log.info("log level %s (new children use it)", new.log_level)
         self.config = dataclasses.replace(self.config, workers=new.workers,
                                           log_level=new.log_level)
+        why = f"SIGHUP (workers = {new.workers})"
         while self.worker_count() < new.workers:
-            self.handle_ttin()
+            self.handle_ttin(why)
         while self.worker_count() > new.workers:
-            self.handle_ttou()
+            self.handle_ttou(why)
 
-    def handle_ttin(self) -> None:
+    def handle_ttin(self, why: str = "SIGTTIN") -> None:
         index = 1 + max((s.index for s in self.slots if s.role == "worker"), default=0)
         self.slots.append(Slot("worker", index))
-        log.info("SIGTTIN: adding worker %d (%d workers)", index, self.worker_count())
+        log.info("%s: adding worker %d (%s)", why, index, plural(self.worker_count(), "worker"))
 
-    def handle_ttou(self) -> None:
+    def handle_ttou(self, why: str = "SIGTTOU") -> None:
         workers = [s for s in self.slots if s.role == "worker" and not s.retiring]
         if len(workers) <= 1:
-            log.warning("SIGTTOU: keeping the last worker")
+            log.warning("%s: keeping the last worker", why)
             return
         slot = workers[-1]
         slot.retiring = True
         if slot.proc is not None:
             slot.proc.send_signal(signal.SIGTERM)
-        log.info("SIGTTOU: retiring worker %d (%d workers)", slot.index, self.worker_count())
+        log.info("%s: retiring worker %d (%s)", why, slot.index,
+                 plural(self.worker_count(), "worker"))
 
     def handle_chld(self) -> None:
         pass  # reap() runs on every turn
@@ -269,9 +275,10 @@ class Supervisor:
         """``serve --web``: the web view (``camstream display --web``) on the socket bound
         at start; it answers no heartbeat, and is started again when it dies."""
         c = self.config
-        argv = [sys.executable, "-m", "camstream", "display", "--web", c.web,
-                "--listen-fd", str(self.web_listener.fileno()), "--runtime-dir",
-                c.runtime_dir, "--parent-pid", str(os.getpid()), "--log-level", c.log_level]
+        argv = proc.python_module(
+            "camstream", "display", "--web", c.web, "--listen-fd",
+            str(self.web_listener.fileno()), "--runtime-dir", c.runtime_dir, "--parent-pid",
+            str(os.getpid()), "--log-level", c.log_level)
         if c.auth:
             argv += ["--auth", "--users", c.users_file]
         if c.certfile:
@@ -385,6 +392,31 @@ class Supervisor:
             if slot is not None and report.get("host", proc.HOST) == proc.HOST:
                 slot.last_beat = time.monotonic()
                 slot.extra = report
+            elif report.get("role") == "worker" and report.get("remote"):
+                self.remote_report(report)
+        self.remote_gone()
+
+    def remote_report(self, report: dict) -> None:
+        """A ``camstream worker`` on another machine: say when it joins (on the binding side:
+        the one that offers --worker-endpoint)."""
+        key = (str(report.get("host", "?")), report.get("pid"))
+        before = self.remote.get(key, (0.0, None))[1]
+        if self.config.tcp_side == "bind":
+            if before is None:
+                log.info("remote worker pid %s on %s joined (pulling from %s)", key[1],
+                         key[0], self.config.worker_endpoint)
+            if report.get("stopping") and not (before or {}).get("stopping"):
+                log.info("remote worker pid %s on %s is stopping", key[1], key[0])
+        self.remote[key] = (time.monotonic(), report)
+
+    def remote_gone(self) -> None:
+        now = time.monotonic()
+        for key, (seen, report) in list(self.remote.items()):
+            if now - seen > self.config.worker_timeout:
+                del self.remote[key]
+                if self.config.tcp_side == "bind" and not report.get("stopping"):
+                    log.warning("remote worker pid %s on %s left (no report for %g s)",
+                                key[1], key[0], self.config.worker_timeout)
 
     def notify(self) -> None:
         """READY once started up; WATCHDOG only while the children answer (a hung ingest stops
@@ -412,7 +444,7 @@ class Supervisor:
 
     def ready_line(self) -> str:
         return (f"listening on {self.config.ip}:{self.config.port} with "
-                f"{self.worker_count()} workers")
+                f"{plural(self.worker_count(), 'worker')}")
 
     def healthy(self, now: float) -> bool:
         ingest = self.slots[0]
@@ -441,11 +473,16 @@ class Supervisor:
         now = time.monotonic()
         self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "supervisor", {
             "role": "supervisor", "pid": os.getpid(), "host": proc.HOST,
-            "workers_expected": self.worker_count(),
+            "started": self.started, "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
                                  and now - s.last_beat < self.config.worker_timeout),
             "worker_restarts": sum(s.restarts for s in workers),
             "ingest_restarts": self.slots[0].restarts}))
+
+
+def plural(n: int, thing: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def describe_exit(code: int) -> str:

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from camstream import bus, wire
-from camstream.limits import LoginThrottle
-from camstream.subscribe import Frame, Subscription
+from camstream.limits import ConnectionCount, LoginThrottle
+from camstream.subscribe import Frame, StreamRate, Subscription
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.webview")
@@ -47,6 +47,8 @@ IDLE = 5.0              # seconds without frames before a client's tile goes
 LONG_POLL = 10.0        # seconds a state request waits for something newer
 SESSION_TTL = 12 * 3600  # seconds a login lasts
 MAX_CONNECTIONS = 256   # open HTTP connections at most (a thread each)
+MAX_PER_ADDRESS = 64    # ... and from one address, so that one cannot hold them all
+BASIC_TTL = 60.0        # seconds a checked basic-auth header is trusted without scrypt again
 SOCKET_TIMEOUT = 30.0   # seconds a connection may stay silent (slow TLS handshakes included)
 VIEWER_SEEN = 5.0       # a viewer that asked for state this recently counts as watching
 KINDS = ("raw", "processed")
@@ -79,19 +81,14 @@ class Tile:
 
     name: str
     newest: dict[str, Frame] = field(default_factory=dict)   # kind -> frame
-    fps: float | None = None
+    rate: StreamRate = field(default_factory=StreamRate)
     last_arrival: float = 0.0
-    _anchor: tuple[float, int] | None = None
 
     def take(self, frame: Frame, now: float) -> None:
         kind = "processed" if frame.processed else "raw"
         self.newest[kind] = frame
         if kind == "raw" or "raw" not in self.newest:
-            if self._anchor is None or frame.seq < self._anchor[1]:
-                self._anchor = (now, frame.seq)
-            elif now - self._anchor[0] >= 1.0:
-                self.fps = (frame.seq - self._anchor[1]) / (now - self._anchor[0])
-                self._anchor = (now, frame.seq)
+            self.rate.update(frame.seq, now)
         self.last_arrival = now
 
     def shown(self, kind: str) -> Frame | None:
@@ -110,6 +107,7 @@ class View:
         self.changed = threading.Condition()
         self.viewers: dict[str, float] = {}     # viewer id -> monotonic time last seen
         self._cache: dict[str, tuple[int, bytes]] = {}
+        self.login = False                      # viewers log in (-a): the page offers log out
 
     def take(self, frame: Frame) -> None:
         now = time.monotonic()
@@ -167,13 +165,15 @@ class View:
                 if frame is None:
                     continue
                 clients.append({
-                    "name": name, "seq": frame.seq, "kind": "processed" if frame.processed
-                    else "raw", "fps": None if tile.fps is None else round(tile.fps, 1),
+                    "name": name, "seq": frame.seq,
+                    "kind": "processed" if frame.processed else "raw",
+                    "fps": None if tile.rate.fps is None else round(tile.rate.fps, 1),
                     "latency_ms": round(frame.latency_ms, 1),
                     "age_ms": round((now_ns - frame.arrived_ns) / 1e6),
                     "dropped": self.dropped.get(name), "result": frame.result,
                     "annotated": frame.annotated, "has_image": bool(len(frame.jpeg))})
-            body = json.dumps({"version": version, "kind": kind, "clients": clients},
+            body = json.dumps({"version": version, "kind": kind, "clients": clients,
+                               "login": self.login},
                               separators=(",", ":")).encode()
             self._cache[kind] = (version, body)
             return body
@@ -244,6 +244,7 @@ class Logins:
         self.mtime = self._mtime()
         self.throttle = LoginThrottle()
         self.sessions: dict[str, tuple[str, float]] = {}   # token -> (user, expiry)
+        self.basic: dict[str, tuple[str, float]] = {}      # checked header -> (user, expiry)
         self.lock = threading.Lock()
 
     def _mtime(self) -> float:
@@ -278,6 +279,28 @@ class Logins:
                 log.warning("view login failed for user %r from %s", name, address)
         return ok, "" if ok else "wrong user name or password"
 
+    def check_basic(self, address: str, header: str) -> str | None:
+        """The user of an ``Authorization: Basic`` header, or None; a header that passed is
+        trusted for BASIC_TTL seconds (a script polling the API pays scrypt once a minute)."""
+        now = time.monotonic()
+        with self.lock:
+            known = self.basic.get(header)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(
+                ":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        ok, _ = self.check(address, name, password)
+        if not ok:
+            return None
+        with self.lock:
+            if len(self.basic) > 1000:
+                self.basic = {k: v for k, v in self.basic.items() if v[1] > now}
+            self.basic[header] = (name, now + BASIC_TTL)
+        return name
+
     def open_session(self, name: str) -> str:
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
@@ -305,6 +328,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: WebServer
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK wait
     server_version = "camstream-view"
     sys_version = ""
 
@@ -367,13 +391,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return name
         basic = self.headers.get("Authorization", "")
         if basic.startswith("Basic "):
-            try:
-                name, _, password = base64.b64decode(basic[6:], validate=True).decode(
-                    ).partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            ok, _ = logins.check(self.client_address[0], name, password)
-            return name if ok else None
+            return logins.check_basic(self.client_address[0], basic)
         return None
 
     def refuse(self, path: str) -> None:
@@ -480,7 +498,8 @@ def _escape(text: str) -> str:
 
 
 class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """A thread per connection (a slow one blocks only itself), at most MAX_CONNECTIONS."""
+    """A thread per connection (a slow one blocks only itself), at most MAX_CONNECTIONS, and
+    MAX_PER_ADDRESS from one address; refused ones are closed at once."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -496,6 +515,7 @@ class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.static = {name: static_file(name) for name in STATIC}
         self.login_html = self.static["login.html"]
         self.open = 0
+        self.per_address = ConnectionCount(MAX_PER_ADDRESS)
         self.open_lock = threading.Lock()
 
     def get_request(self):
@@ -508,6 +528,11 @@ class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         with self.open_lock:
             if self.open >= MAX_CONNECTIONS:
                 return False
+            if not self.per_address.acquire(client_address[0]):
+                if self.per_address.first_refusal(client_address[0]):
+                    log.warning("refusing connections from %s: it has %d open",
+                                client_address[0], MAX_PER_ADDRESS)
+                return False
             self.open += 1
             return True
 
@@ -517,6 +542,7 @@ class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         finally:
             with self.open_lock:
                 self.open -= 1
+                self.per_address.release(client_address[0])
 
     def handle_error(self, request, client_address) -> None:
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
@@ -581,6 +607,7 @@ def run(args: argparse.Namespace) -> int:
     proc.setup_logging(args.log_level)
 
     view = View()
+    view.login = logins is not None
     stop = threading.Event()
     reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop),
                               name="bus", daemon=True)

@@ -21,6 +21,19 @@ class Header(NamedTuple):
     recv_ns: int     # time.time_ns() when ingest received the frame
     size: int        # JPEG byte count
 
+    def __getitem__(self, key):
+        """``header["seq"]`` as well as ``header.seq`` (processors are told both work);
+        integers and slices index the tuple as usual."""
+        if isinstance(key, str):
+            if key in self._fields:
+                return getattr(self, key)
+            raise KeyError(key)
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        """The field names, so that ``dict(header)`` is the header as a dict."""
+        return self._fields
+
     def pack(self) -> bytes:
         client = self.client.encode()
         session = self.session.encode()

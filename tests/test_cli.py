@@ -82,10 +82,10 @@ def test_pool_on_a_tcp_port_in_use(tmp_path):
     keys = tmp_path / "keys"
     subprocess.run([sys.executable, "-m", "camstream", "keys", "generate", str(keys)],
                    check=True, capture_output=True, timeout=30)
+    port = free_port(span=3)  # the pool binds the next two ports too: they must be free
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
-        port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "camstream", "pool", "--worker-endpoint",
              f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys), "-w", "1",

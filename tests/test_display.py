@@ -2,16 +2,19 @@
 virtual screen (Xvfb), windows found by name and looked at through screenshots."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import psutil
+import requests
 import pytest
 import socketio
 from conftest import ROOT, Daemon, make_jpeg, wait_for
@@ -256,13 +259,34 @@ def test_snapshot_mode_writes_the_newest_frame_per_client(daemon, clients, strea
     assert float(np.mean(cv2.absdiff(image, decoded(picture)))) < 2
     streamer.stop()
     sio.disconnect()
-    wait_for(lambda: not jpg.exists(), 10, what="the snapshot to go when gus leaves")
+    info = folder / "gus.json"
+    wait_for(lambda: json.loads(info.read_text()).get("left"), 10,
+             what="gus.json to say gus left")
+    assert jpg.exists() and decoded(jpg.read_bytes()) is not None, "the last picture is kept"
     assert p.poll() is None
 
 
 def run_display(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "camstream", "display", *args], env=env,
                           check=False, capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_processed_view_lives_from_its_first_frame(daemon, clients, streamers, displays,
+                                                  tmp_path):
+    """--processed: a stream's view appears with its first result and is not closed as idle
+    at once (its age once started from zero: "closing its view (no frames for 5 s)" came right
+    after "showing its stream")."""
+    sio = clients(daemon.url, "hal")
+    streamers(sio, lambda n: make_jpeg(320, 240, seed=n % 5))
+    folder = tmp_path / "processed"
+    p = displays("--processed", "--snapshot", str(folder), env=headless_env())
+    wait_for(lambda: (folder / "hal.json").exists() and
+             "result" in json.loads((folder / "hal.json").read_text()), 20,
+             what="hal's processed snapshot")
+    time.sleep(2)
+    p.log.flush()
+    log = Path(p.log.name).read_text()
+    assert "hal: showing its stream" in log and "closing its view" not in log, log
 
 
 def test_no_screen_is_one_clear_line(daemon):
@@ -293,6 +317,36 @@ def test_serve_d_starts_a_display_and_survives_its_death(daemons, screen, client
     assert d.child("display") is None, "a dead display is not restarted"
     assert sio.call("frame", ({}, make_jpeg()), timeout=10)["accepted"] is True
     assert d.health()["workers"]["restarts"] == 0 and d.health()["ingest"]["restarts"] == 0
+
+
+def test_serve_d_beside_a_decoy_package(tmp_path, screen, clients):  # noqa: F811
+    """``serve -d`` run from a folder holding camstream/ and workers/ (the folder above a
+    clone): the children, display included, import the installed package, not the decoys."""
+    from conftest import free_port
+    cwd = tmp_path / "above-a-clone"
+    for package in ("camstream", "workers"):
+        (cwd / package).mkdir(parents=True)
+        (cwd / package / "__init__.py").write_text("raise ImportError('decoy imported')\n")
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "camstream"), "serve", "-d", "-i", "127.0.0.1",
+         "-p", str(port), "-w", "1", "--runtime-dir", str(tmp_path / "run")],
+        cwd=cwd, env=screen.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: requests.get(url + "/healthz", timeout=2).json()["workers"]["alive"],
+                 30, what="the daemon ready")
+        sio = clients(url, "decoy")
+        sio.call("frame", ({}, make_jpeg()), timeout=10)
+        wait_for(lambda: screen.windows("decoy"), 20, what="the display's window")
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert "decoy imported" not in output and "Traceback" not in output, output
 
 
 def test_serve_d_without_a_screen_warns_and_serves(daemons, clients):

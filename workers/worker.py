@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from camstream import bus, proc, wire
+from camstream.reach import Reach
 from camstream.wire import Header
 from workers import processors
 from workers.recorder import Recorder
@@ -89,6 +90,9 @@ class Worker:
         self.drain_max = config.stop_timeout / 3
         self.frames_pull = bus.frames_pull(ctx, config.runtime_dir, config.worker_hwm, to=to,
                                            own=own)
+        # standalone over tcp: say when the serving machine is not reached (wrong keys, a dead
+        # endpoint), which ZeroMQ would retry in silence
+        self.reach = Reach(self.frames_pull, config.worker_endpoint) if self.remote else None
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
         self.finished: dict[str, list[int]] = {}  # per client, seqs done since the last stats
@@ -104,6 +108,8 @@ class Worker:
         poller.register(self.frames_pull, zmq.POLLIN)
         if wakeup is not None:
             poller.register(wakeup, zmq.POLLIN)
+        if self.reach is not None:
+            poller.register(self.reach.monitor, zmq.POLLIN)
         next_stats = 0.0
         told = None  # when the stop was reported
         while True:
@@ -118,6 +124,10 @@ class Worker:
             ready = dict(poller.poll(int(STATS_INTERVAL * 1000)))
             if wakeup in ready:
                 os.read(wakeup, 512)
+            if self.reach is not None:
+                if self.reach.monitor in ready:
+                    self.reach.read()
+                self.reach.tick()
             if self.frames_pull in ready:
                 self.handle(self.frames_pull.recv_multipart(copy=False))
         self.publish_stats()

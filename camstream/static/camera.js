@@ -148,7 +148,9 @@ class Session {
       this.timer = setTimeout(() => this.tick(), this.nextAt - now);
       return;
     }
-    this.nextAt = Math.max(this.nextAt + 1000 / this.settings.fps, now);
+    const period = 1000 / this.settings.fps;
+    if (now - this.nextAt > period) this.nextAt = now;   // late: no burst to catch up
+    this.nextAt += period;
     this.sending = true;
     this.capture().then((jpeg) => {
       this.sending = false;

@@ -16,6 +16,7 @@
   const alone = location.pathname.startsWith("/client/")
     ? decodeURIComponent(location.pathname.slice("/client/".length)) : null;
   let version = -1;
+  document.getElementById("logout").hidden = true;
 
   const params = new URLSearchParams(location.search);
   processed.checked = params.get("kind") === "processed";
@@ -135,6 +136,7 @@
         status.textContent = tiles.size === 1 ? "1 client" : tiles.size + " clients";
         status.classList.remove("bad");
         if (state.kind === kind()) version = state.version;
+        document.getElementById("logout").hidden = !state.login;
         await show(state);
         status.textContent = tiles.size === 1 ? "1 client" : tiles.size + " clients";
       } catch (e) {

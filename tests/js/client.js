@@ -116,8 +116,11 @@ function main() {
   });
   socket.io.on("open", () => {
     const eng = engine();
-    summary.handshake = { pingInterval: eng.pingInterval, pingTimeout: eng.pingTimeout,
-                          upgrades: eng.upgrades };
+    summary.handshake = {  // engine.io-client 6 keeps them as _pingInterval, _pingTimeout
+      pingInterval: eng.pingInterval !== undefined ? eng.pingInterval : eng._pingInterval,
+      pingTimeout: eng.pingTimeout !== undefined ? eng.pingTimeout : eng._pingTimeout,
+      upgrades: eng.upgrades !== undefined ? eng.upgrades : eng._upgrades,
+    };
     eng.on("upgrade", () => { summary.upgraded = true; });
   });
   socket.on("connect", () => {
