@@ -339,6 +339,16 @@ def build_parser() -> Parser:
                              "as a systemd service, with the paths of its unit files.")
     units.set_defaults(run=run_systemd)
 
+    reload = verbs.add_parser("reload", help="make a running daemon reload (systemctl reload "
+                              "runs this)", description="Send SIGHUP to the daemon whose "
+                              "supervisor is PID: it re-reads the users file (added users can "
+                              "log in, removed ones are disconnected) and applies workers and "
+                              "log-level from its configuration. The unit's ExecReload runs "
+                              "it, so that no /bin/kill is needed.")
+    reload.add_argument("pid", type=positive_int, metavar="PID",
+                        help="the supervisor's pid (systemd: $MAINPID)")
+    reload.set_defaults(run=run_reload)
+
     pool = verbs.add_parser("pool", help="run a worker pool that several ingest nodes feed",
                             description="Run workers and the bus for 'serve --ingest-only' "
                             "nodes on this or other machines: they connect to "
@@ -464,8 +474,18 @@ def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an option for the processor; repeat for more")
 
 
+def require_opencv(gui: bool = False):
+    """``cv2`` for the verbs that need it, or one line saying which build to install."""
+    from camstream import opencv
+    try:
+        return opencv.require_gui() if gui else opencv.require()
+    except opencv.OpenCVUnusable as e:
+        raise CliError(str(e)) from None
+
+
 def checked_processor(args: argparse.Namespace) -> tuple:
     from workers.processors import load
+    require_opencv()
     options = tuple(tuple(pair) for pair in args.processor_options)
     try:
         load(args.processor, options)
@@ -822,6 +842,8 @@ def ask_password(name: str, users_file: str) -> str:
 
 def run_send(args: argparse.Namespace) -> int:
     from camstream.client import send
+    if not Path(args.source).is_dir():  # a folder of JPEGs is sent as it is, without OpenCV
+        require_opencv()
     password = args.password or os.environ.get("CAMSTREAM_PASSWORD", "")
     return send(args, password)
 
@@ -835,6 +857,15 @@ def run_status(args: argparse.Namespace) -> int:
 def run_systemd(args: argparse.Namespace) -> int:
     from camstream.service import recipe
     print(recipe())
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    from camstream.service import ReloadError, reload
+    try:
+        reload(args.pid)
+    except ReloadError as e:
+        raise CliError(str(e)) from None
     return 0
 
 

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
 import requests
 import socketio
+
+# cv2 and numpy are imported by the frame sources that use them: status needs neither, and
+# must run where OpenCV is not installed or cannot load.
 
 
 # -- frame sources ------------------------------------------------------------------------------
@@ -41,6 +42,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
     """Frames a person can recognise: a moving square, a counter and the time."""
+    import cv2
+    import numpy as np
+
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.dstack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)),
                             np.full_like(xx, 96)]).astype(np.uint8)
@@ -76,6 +80,8 @@ def capture_frames(source: int | str, quality: int) -> Iterator[bytes]:
     """Frames of a video file or a camera, re-encoded as JPEG. The source is opened and its
     first frame read now, so that a file that is not a video, or a camera that is not there,
     is said before connecting."""
+    import cv2
+
     what = f"camera {source}" if isinstance(source, int) else str(source)
     with quiet_stderr():  # OpenCV's and FFmpeg's own complaints would bury our one line
         cap = cv2.VideoCapture(source)
@@ -104,6 +110,8 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def _captured(cap, first, quality: int) -> Iterator[bytes]:
+    import cv2
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     img = first
     try:
