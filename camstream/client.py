@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
 import requests
 import socketio
+
+# cv2 and numpy are imported by the frame sources that use them: status needs neither, and
+# must run where OpenCV is not installed or cannot load.
 
 
 # -- frame sources ------------------------------------------------------------------------------
@@ -41,6 +42,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
     """Frames a person can recognise: a moving square, a counter and the time."""
+    import cv2
+    import numpy as np
+
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.dstack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)),
                             np.full_like(xx, 96)]).astype(np.uint8)
@@ -76,6 +80,8 @@ def capture_frames(source: int | str, quality: int) -> Iterator[bytes]:
     """Frames of a video file or a camera, re-encoded as JPEG. The source is opened and its
     first frame read now, so that a file that is not a video, or a camera that is not there,
     is said before connecting."""
+    import cv2
+
     what = f"camera {source}" if isinstance(source, int) else str(source)
     with quiet_stderr():  # OpenCV's and FFmpeg's own complaints would bury our one line
         cap = cv2.VideoCapture(source)
@@ -104,6 +110,8 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def _captured(cap, first, quality: int) -> Iterator[bytes]:
+    import cv2
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     img = first
     try:
@@ -386,7 +394,8 @@ def workers_line(w: dict) -> str:
     remote_alive = sum(1 for r in remote if r["alive"])
     local_alive = w["alive"] - remote_alive
     if w.get("expected") is None:
-        text = "workers: no pool has reported yet"
+        text = (f"workers: the pool at {w['pool']} is missing" if w.get("pool")
+                else "workers: no pool has reported yet")
     else:
         text = (f"workers: {local_alive} of {w['expected']} alive here "
                 f"({w['restarts']} restarts)")
@@ -398,8 +407,9 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
-             f"ingest restarts {health['ingest']['restarts']}"]
+    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
+    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+                 f"ingest restarts {health['ingest']['restarts']}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

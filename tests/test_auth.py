@@ -13,7 +13,7 @@ from conftest import make_jpeg, make_users, wait_for
 @pytest.fixture
 def secured(daemons, tmp_path):
     users = make_users(tmp_path, alice="wonderland", bob="builder")
-    return daemons("-a", "--users", str(users), workers=1)
+    return daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
 
 
 def refusal(url: str, username: str, password: str):
