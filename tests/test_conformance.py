@@ -249,10 +249,11 @@ def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
             threading.Thread(target=lambda c=client, n=name, t=transports: c.connect(
                 f"http://127.0.0.1:{servers_[n].server_port}", transports=t, retry=True,
                 auth={"username": n}), daemon=True).start()
-        time.sleep(4.5)  # attempts at 0, ~1, ~3 s with the default backoff
+        # the default backoff: a first try, then after 0.5-1.5 s, then 1-3 s more
+        wait_for(lambda: all(counts.get(n, 0) >= 3 for n in servers_), 4.5 + 3,
+                 what=f"three tries from every client: {counts}")
         for name, proc in runs.items():
             assert proc.poll() is None, f"{name} gave up"
-        assert all(counts.get(n, 0) >= 3 for n in servers_), counts
     finally:
         for client in py:
             client.reconnection = False
@@ -869,3 +870,27 @@ def test_a_silent_legacy_client_is_dropped_on_time(cs, refs, server):
     for t in threads:
         t.join(10)
     assert len(late) == 4 and all(-0.02 <= x <= 0.06 for x in late.values()), late
+
+
+@BOTH
+@pytest.mark.parametrize("method, eio, query", [
+    ("GET", 4, {"transport": "polling", "sid": "gone"}),
+    ("POST", 4, {"transport": "polling", "sid": "gone"}),
+    ("GET", 3, {"transport": "polling", "sid": "gone"}),
+    ("POST", 3, {"transport": "polling", "sid": "gone"}),
+    ("GET", 5, {"transport": "polling"}),
+    ("GET", 4, {"transport": "websocket"}),  # without the upgrade headers
+    ("GET", 4, {"transport": "carrier-pigeon"}),
+])
+def test_error_answers_are_the_references(cs, refs, server, method, eio, query):
+    url = cs.url if server == "camstream" else refs[4 if eio != 3 else 3].url
+    r = requests.request(method, socket_io(url), params={"EIO": eio, **query}, data="x",
+                         timeout=3)
+    expected = {"gone": {"code": 1, "message": "Session ID unknown"}}.get(query.get("sid"))
+    if eio == 5:
+        expected = {"code": 5, "message": "Unsupported protocol version"}
+    elif query["transport"] == "websocket":
+        expected = {"code": 3, "message": "Bad request"}
+    elif query["transport"] == "carrier-pigeon":
+        expected = {"code": 0, "message": "Transport unknown"}
+    assert r.status_code == 400 and r.json() == expected, r.text
