@@ -115,9 +115,10 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
         second = Daemon(tmp_path, workers=1, port=first.port)
         second.wait_ready()
         ready_at = time.monotonic()
-        wait_for(lambda: all(received(second, n) >= 5 for n in names), 5 + 5,
-                 what="every client streaming into the new daemon (reconnection delay at "
-                      "most 5 s, then 5 frames at 10 Hz)")
+        # the longest next try: 5 s for JS, 5 s +50% jitter for python-socketio; then a
+        # handshake, a login and 5 frames at 10 Hz
+        wait_for(lambda: all(received(second, n) >= 5 for n in names), 7.5 + 4.5,
+                 what="every client streaming into the new daemon")
         back = time.monotonic()
         health = second.health()
         for n in names:
