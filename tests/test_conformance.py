@@ -110,6 +110,7 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
         stopped_at = time.monotonic()
         first.proc.send_signal(signal.SIGTERM)
         assert first.proc.wait(timeout=20) == 0, first.output()
+        exited_at = time.monotonic()
         out = first.output()
         assert f"closed {len(names)} client connections" in out, out
         second = Daemon(tmp_path, workers=1, port=first.port)
@@ -132,8 +133,9 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
             assert summary["disconnects"] in (["transport close"], ["transport error"]), summary
         for s in streamers:
             assert s.connects == 2 and s.disconnects == 1, (s.name, s.connects, s.disconnects)
-        print(f"stop took {ready_at - stopped_at:.1f} s to a ready new daemon; every client "
-              f"streaming again {back - ready_at:.1f} s after it was ready")
+        print(f"the stop took {exited_at - stopped_at:.1f} s, the new start "
+              f"{ready_at - exited_at:.1f} s; every client streaming again "
+              f"{back - ready_at:.1f} s after it was ready")
     finally:
         for s in streamers:
             s.stop()
