@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -75,10 +76,12 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
     ``systemctl restart`` does): each real client, with its library's default reconnection
     (1 s doubling to 5 s), is back and logged in again within its reconnection delay. JS 2.x
     as the app (authenticate again after the reconnection), JS 4.x, python-socketio 5 sync
-    and asyncio (auth with the connect), each on websocket and on long polling."""
+    and asyncio (auth with the connect), each on websocket and on long polling; and
+    ``camstream send``, with and without --legacy."""
     first = Daemon(tmp_path, workers=1)
     second = None
     streamers = []
+    sends: dict[str, subprocess.Popen] = {}
     try:
         first.wait_ready()
         runs = {
@@ -97,7 +100,13 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
                               reconnection={}).start(),
                      AsyncStreamer(first.url, "py-async-ws").start(),
                      AsyncStreamer(first.url, "py-async-poll", transports=("polling",)).start()]
-        names = [*runs, *(s.name for s in streamers)]
+        # camstream's own reference client, both ways it logs in
+        sends = {name: subprocess.Popen(
+            [sys.executable, "-m", "camstream", "send", first.url, "-u", name, "--size",
+             "320x240", "--fps", "10", "--quiet", *extra], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+            for name, extra in (("send", []), ("send-legacy", ["--legacy"]))}
+        names = [*runs, *(s.name for s in streamers), *sends]
         wait_for(lambda: all(received(first, n) >= 5 for n in names), 30,
                  what="every client streaming into the first daemon")
 
@@ -133,12 +142,21 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
             assert summary["disconnects"] in (["transport close"], ["transport error"]), summary
         for s in streamers:
             assert s.connects == 2 and s.disconnects == 1, (s.name, s.connects, s.disconnects)
+        for proc in sends.values():
+            assert proc.poll() is None, proc.stderr.read()  # still sending, never gave up
         print(f"the stop took {exited_at - stopped_at:.1f} s, the new start "
               f"{ready_at - exited_at:.1f} s; every client streaming again "
               f"{back - ready_at:.1f} s after it was ready")
     finally:
         for s in streamers:
             s.stop()
+        for proc in sends.values():
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: its summary, then exit
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         first.shutdown()
         if second is not None:
             second.shutdown()
