@@ -160,6 +160,37 @@ def build_parser() -> Parser:
                        "refused with 'rate limited' (default: %(default)s)")
     serve.add_argument("--max-connections-per-ip", type=positive_int, default=32, metavar="N",
                        help="open connections one address may hold (default: %(default)s)")
+    serve.add_argument("--max-queued-bytes", type=size_arg, default="1MiB", metavar="SIZE",
+                       help="packets an Engine.IO 3 long-polling session may have waiting for "
+                       "its next poll; beyond it the session is closed (default: 1MiB)")
+    serve.add_argument("--max-incomplete-bytes", type=size_arg, default="64MiB",
+                       metavar="SIZE", help="bytes held, all connections together, for events "
+                       "whose binary attachments have not all arrived; one connection may "
+                       "hold one message's worth (default: 64MiB)")
+    serve.add_argument("--incomplete-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="an event still missing attachments this long "
+                       "closes its connection (default: %(default)s)")
+    serve.add_argument("--header-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to send a request's "
+                       "line and headers (default: %(default)s)")
+    serve.add_argument("--handshake-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to finish the TLS "
+                       "handshake (default: %(default)s)")
+    serve.add_argument("--max-pending-connections", type=positive_int, default=512,
+                       metavar="N", help="connections that have not yet sent a whole request "
+                       "(handshake and headers); beyond it the oldest is closed "
+                       "(default: %(default)s)")
+    serve.add_argument("--metrics-token", default="", metavar="TOKEN",
+                       help="with -a: a caller of /healthz and /metrics sending 'Authorization: "
+                       "Bearer TOKEN' sees client names, as does one with HTTP basic auth of a "
+                       "user of the users file; others see totals only (put it in --config "
+                       "to keep it out of ps)")
+    serve.add_argument("--metrics-trust-loopback", action="store_true",
+                       help="with -a: callers of /healthz and /metrics on 127.0.0.0/8 or ::1 "
+                       "see client names without credentials")
+    serve.add_argument("--forget-clients-after", type=positive_float, default=600.0,
+                       metavar="SECONDS", help="a client name gone this long has its counters "
+                       "folded into /healthz's 'departed' totals (default: %(default)s)")
     serve.add_argument("--worker-timeout", type=positive_float, default=10.0,
                        metavar="SECONDS", help="a worker or ingest silent this long is "
                        "killed and replaced (default: %(default)s)")
@@ -281,7 +312,8 @@ def build_parser() -> Parser:
     show = verbs.add_parser("display", help="attach a window per client to a running daemon",
                             description="Attach to a running daemon and show the newest frame "
                             "of each client in a window titled with its name (fps and "
-                            "latency overlaid); q, closing the last window or Ctrl-C detaches.")
+                            "latency overlaid); q, closing the last window or Ctrl-C detaches. "
+                            "With --web, serve the same to browsers instead.")
     display.add_arguments(show)
     show.set_defaults(run=display.run)
 
@@ -306,6 +338,16 @@ def build_parser() -> Parser:
                              description="Print a step-by-step recipe that installs camstream "
                              "as a systemd service, with the paths of its unit files.")
     units.set_defaults(run=run_systemd)
+
+    reload = verbs.add_parser("reload", help="make a running daemon reload (systemctl reload "
+                              "runs this)", description="Send SIGHUP to the daemon whose "
+                              "supervisor is PID: it re-reads the users file (added users can "
+                              "log in, removed ones are disconnected) and applies workers and "
+                              "log-level from its configuration. The unit's ExecReload runs "
+                              "it, so that no /bin/kill is needed.")
+    reload.add_argument("pid", type=positive_int, metavar="PID",
+                        help="the supervisor's pid (systemd: $MAINPID)")
+    reload.set_defaults(run=run_reload)
 
     pool = verbs.add_parser("pool", help="run a worker pool that several ingest nodes feed",
                             description="Run workers and the bus for 'serve --ingest-only' "
@@ -432,8 +474,18 @@ def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an option for the processor; repeat for more")
 
 
+def require_opencv(gui: bool = False):
+    """``cv2`` for the verbs that need it, or one line saying which build to install."""
+    from camstream import opencv
+    try:
+        return opencv.require_gui() if gui else opencv.require()
+    except opencv.OpenCVUnusable as e:
+        raise CliError(str(e)) from None
+
+
 def checked_processor(args: argparse.Namespace) -> tuple:
     from workers.processors import load
+    require_opencv()
     options = tuple(tuple(pair) for pair in args.processor_options)
     try:
         load(args.processor, options)
@@ -564,6 +616,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
                   emit_results=args.emit_results, web=web, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
                   max_pixels=args.max_pixels, frame_timeout=args.frame_timeout,
+                  max_queued_bytes=args.max_queued_bytes,
+                  max_incomplete_bytes=args.max_incomplete_bytes,
+                  incomplete_timeout=args.incomplete_timeout,
+                  header_timeout=args.header_timeout, handshake_timeout=args.handshake_timeout,
+                  max_pending_connections=args.max_pending_connections,
+                  metrics_token=args.metrics_token,
+                  metrics_trust_loopback=args.metrics_trust_loopback,
+                  forget_after=args.forget_clients_after,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,
                   certfile=str(Path(args.certfile).absolute()) if args.certfile else "",
@@ -782,6 +842,8 @@ def ask_password(name: str, users_file: str) -> str:
 
 def run_send(args: argparse.Namespace) -> int:
     from camstream.client import send
+    if not Path(args.source).is_dir():  # a folder of JPEGs is sent as it is, without OpenCV
+        require_opencv()
     password = args.password or os.environ.get("CAMSTREAM_PASSWORD", "")
     return send(args, password)
 
@@ -795,6 +857,15 @@ def run_status(args: argparse.Namespace) -> int:
 def run_systemd(args: argparse.Namespace) -> int:
     from camstream.service import recipe
     print(recipe())
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    from camstream.service import ReloadError, reload
+    try:
+        reload(args.pid)
+    except ReloadError as e:
+        raise CliError(str(e)) from None
     return 0
 
 

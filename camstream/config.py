@@ -38,6 +38,16 @@ class Config:
     max_connections_per_ip: int = 32
     max_pixels: int = 16_000_000    # --max-pixels: a larger frame (from its header) is an error
     frame_timeout: float = 5.0      # --frame-timeout: a worker stuck on a frame longer is replaced
+    # limits on what one hostile client can make ingest hold (camstream.limits)
+    max_queued_bytes: int = 1 * MiB        # one Engine.IO 3 session's packets awaiting a poll
+    max_incomplete_bytes: int = 64 * MiB   # all events still awaiting binary attachments
+    incomplete_timeout: float = 10.0       # seconds an event may await its attachments
+    header_timeout: float = 10.0           # seconds to send a request's line and headers
+    handshake_timeout: float = 10.0        # seconds to finish a TLS handshake
+    max_pending_connections: int = 512     # connections not yet requests (oldest closed)
+    metrics_token: str = ""                # -a: a bearer token that sees client names
+    metrics_trust_loopback: bool = False   # -a: loopback callers see client names
+    forget_after: float = 600.0            # seconds after a client name left: folded
     certfile: str = ""
     keyfile: str = ""
     processor: str = "stats"

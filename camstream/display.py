@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream import subscribe
-from camstream.cli import CliError, add_runtime_dir, positive_float, runtime_dir_of
+from camstream.cli import (CliError, add_runtime_dir, positive_float, require_opencv,
+                           runtime_dir_of)
 from camstream.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--client: {e}") from None
     args.runtime_dir = runtime_dir_of(args)
     check_daemon(args.runtime_dir)
+    require_opencv(gui=not args.snapshot)
     if args.snapshot:
         try:
             Path(args.snapshot).mkdir(parents=True, exist_ok=True)

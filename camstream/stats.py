@@ -90,6 +90,8 @@ class Ledger:
         self.started_mono = time.monotonic()
         self.connection_limits: list = []  # ingest's ConnectionCounts: their refusals shown
         self.owners: dict[str, int] = {}   # --route client: the worker each client is bound to
+        # what ingest's limits stopped (camstream.limits): limit name -> times
+        self.limit_hits: collections.Counter = collections.Counter()
 
     def client(self, name: str) -> ClientCounts:
         counts = self.clients.get(name)
@@ -181,7 +183,9 @@ class Ledger:
                  "processed": sum(c["processed"] for c in r["clients"].values())}
                 for (host, pid), r in sorted(self._workers.items()) if r.get("remote")]
 
-    def health(self) -> dict:
+    def health(self, with_names: bool = True) -> dict:
+        """The /healthz view. ``with_names=False`` (under -a, for a caller who has not proved who
+        they are): the per-client rows left out, their number said; totals stay."""
         done = self.processed()
         clients = {}
         totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
@@ -219,6 +223,9 @@ class Ledger:
         if self.pool_endpoint:
             workers["pool"] = self.pool_endpoint
         reasons = self.last_reasons = self.degraded(local, workers["expected"])
+        hidden = {} if with_names else {"clients_hidden": len(clients)}
+        if not with_names:
+            clients = {}
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": list(reasons.values()),
@@ -228,20 +235,24 @@ class Ledger:
             "ingest": {"restarts": sup.get("ingest_restarts", 0),
                        "uptime_s": round(time.time() - self.started, 1)},
             "clients": clients,
+            **hidden,
             "totals": totals,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)
             "refused_connections": sum(c.refused for c in self.connection_limits),
+            # connections and requests stopped by a limit, by limit (see camstream.limits)
+            "limits": dict(sorted(self.limit_hits.items())),
         }
 
 
 class LedgerCollector(Collector):
     """Prometheus view of the ledger, computed at scrape time (nothing on the hot path)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, names: bool = True) -> None:
         self.ledger = ledger
+        self.names = names  # False: no per-client series (Ledger.health)
 
     def collect(self) -> Iterator:
-        health = self.ledger.health()
+        health = self.ledger.health(self.names)
         help_ = {
             "received": "Frames that arrived from the client",
             "dispatched": "Frames handed to the worker pool",
@@ -276,3 +287,8 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily("camstream_connections_refused",
                                   "Connections refused by --max-connections-per-ip",
                                   value=health["refused_connections"])
+        hits = CounterMetricFamily("camstream_limit_hits", "Connections and requests stopped "
+                                   "by a limit (a flag of camstream serve)", labels=["limit"])
+        for name, n in health["limits"].items():
+            hits.add_metric([name], n)
+        yield hits
