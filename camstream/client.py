@@ -201,6 +201,8 @@ def send(args: argparse.Namespace, password: str) -> int:
     @sio.event
     def connect_error(data):
         login["error"] = data.get("message") if isinstance(data, dict) else str(data)
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            login["retry_in_s"] = data["data"].get("retry_in_s")
 
     tally = Tally()
     reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
@@ -223,7 +225,7 @@ def send(args: argparse.Namespace, password: str) -> int:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
         if login["error"] == "authentication failed":
-            print(refused_login(args), file=sys.stderr)
+            print(refused_login(args, login.get("retry_in_s")), file=sys.stderr)
             return 1
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
@@ -280,7 +282,13 @@ NO_RESULTS = ("camstream send: no results come back: the daemon sends them only 
               "runs with --emit-results")
 
 
-def refused_login(args: argparse.Namespace) -> str:
+def refused_login(args: argparse.Namespace, retry_in_s: float | None = None) -> str:
+    """The line for a refused login; with the wait the daemon told (connect-time auth), when
+    the next try will be checked at all."""
+    if isinstance(retry_in_s, (int, float)) and retry_in_s > 0:
+        return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
+                f"user name or password, or a try too soon after one; next try in "
+                f"{retry_in_s:g} s (the wait doubles with each failure, up to a minute)")
     return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
             "user name or password, or a try too soon after one (after failed logins the "
             "daemon refuses that name from this address for 0.5 s, doubling up to a minute)")
@@ -386,7 +394,8 @@ def workers_line(w: dict) -> str:
     remote_alive = sum(1 for r in remote if r["alive"])
     local_alive = w["alive"] - remote_alive
     if w.get("expected") is None:
-        text = "workers: no pool has reported yet"
+        text = (f"workers: the pool at {w['pool']} is missing" if w.get("pool")
+                else "workers: no pool has reported yet")
     else:
         text = (f"workers: {local_alive} of {w['expected']} alive here "
                 f"({w['restarts']} restarts)")
@@ -398,8 +407,9 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
-             f"ingest restarts {health['ingest']['restarts']}"]
+    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
+    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+                 f"ingest restarts {health['ingest']['restarts']}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

@@ -131,7 +131,7 @@ class EngineIOSocket(engineio.socket.Socket):
         try:
             super().handle_post_request(environ)
         except (ValueError, engineio.exceptions.EngineIOError) as e:
-            log.warning("protocol error from %s: %s; closing it", self.sid,
+            log.warning("protocol error from %s: %s; closing it", self.server.describe(self.sid),
                         str(e) or type(e).__name__)
             # closed here without waiting: python-engineio's disconnect() would hold this POST
             # until a poll that may never come had taken the close packet
@@ -147,7 +147,8 @@ class EngineIOSocket(engineio.socket.Socket):
                 try:
                     engineio.packet.Packet(encoded_packet=message)
                 except ValueError as e:
-                    log.warning("protocol error from %s: %s; closing it", self.sid, e)
+                    log.warning("protocol error from %s: %s; closing it",
+                                self.server.describe(self.sid), e)
                     raise
             return message
         ws.wait = checked_wait
@@ -172,6 +173,11 @@ class EngineIOServer(engineio.Server):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sockets = EngineIOSessions()
+
+    def describe(self, sid: str) -> str:
+        """How a log line names a session: never by its sid, a long-polling session's only
+        credential (camstream.sioserver.Server sets this to name ingest's connection)."""
+        return "a client"
 
     def drop_all(self) -> int:
         """A graceful stop: every session's transport closed without a close packet (see
@@ -226,6 +232,16 @@ class Server(socketio.Server):
     def _engineio_server_class(self):
         return EngineIOServer
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eio.describe = self.describe
+
+    def describe(self, eio_sid: str) -> str:
+        """The connection's label that ingest put in its environ, else its address."""
+        environ = self.environ.get(eio_sid) or {}
+        return environ.get("camstream.connection") or \
+            f"a client at {environ.get('REMOTE_ADDR', '?')}"
+
     def _handle_connect(self, eio_sid, namespace, data):
         """A CONNECT to a namespace nobody serves gets ``{"message": "Invalid namespace"}``, an
         object as Socket.IO 5 says (python-socketio sends the string "Unable to connect",
@@ -246,7 +262,7 @@ class Server(socketio.Server):
                                  f"({type(data).__name__})")
             super()._handle_eio_message(eio_sid, data)
         except ValueError as e:
-            log.warning("protocol error from %s: %s; closing it", eio_sid, e)
+            log.warning("protocol error from %s: %s; closing it", self.describe(eio_sid), e)
             self._binary_packet.pop(eio_sid, None)
             # after this request: closing now, inside a long-polling POST, would reset the
             # POST's own connection instead of answering it

@@ -16,7 +16,8 @@ _FIXED = struct.Struct("<BQqIBB")  # version, seq, recv_ns, size, len(client), l
 
 class Header(NamedTuple):
     client: str      # the stream's name: the username the client logged in with
-    session: str     # the socket.io session id of the connection that sent it
+    session: str     # ingest's number for the connection that sent it (never the transport's
+                     # session id: with long polling that is the connection's credential)
     seq: int         # per-client sequence number given by ingest
     recv_ns: int     # time.time_ns() when ingest received the frame
     size: int        # JPEG byte count

@@ -126,6 +126,6 @@ def auth_daemon(tmp_path_factory):
     """``serve -a`` with the users in USERS (also its ``users`` attribute)."""
     tmp = tmp_path_factory.mktemp("auth")
     users = make_users(tmp, **USERS)
-    for daemon in _shared_daemon(tmp, "-a", "--users", str(users)):
+    for daemon in _shared_daemon(tmp, "-a", "--users", str(users), "--metrics-trust-loopback"):
         daemon.users = USERS
         yield daemon

@@ -117,3 +117,287 @@ def test_control_characters_from_a_client_are_escaped_in_the_log(daemons):
     assert "\x1b" not in out and "\x07" not in out, [ln for ln in out.splitlines()
                                                      if "\x1b" in ln or "\x07" in ln]
     assert "\\x1b[2J\\x1b[31mpwned\\x07" in out
+
+
+# -- 7. a websocket frame announcing more than the limit ---------------------------------------
+
+def raw_websocket(port: int, eio: int) -> tuple[socket.socket, bytes]:
+    """A websocket handshake by hand: the socket, and what came after the 101."""
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    s.sendall(f"GET /socket.io/?EIO={eio}&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+              f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+              "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(4096)
+    assert got.startswith(b"HTTP/1.1 101"), got[:100]
+    return s, got.split(b"\r\n\r\n", 1)[1]
+
+
+class Received:
+    """What the server sends on a raw socket, read by a thread of its own while the test
+    writes (a reset would otherwise discard what was not read yet)."""
+
+    def __init__(self, s: socket.socket, early: bytes = b"") -> None:
+        self.data = early
+        self.thread = threading.Thread(target=self._read, args=(s,), daemon=True)
+        self.thread.start()
+
+    def _read(self, s: socket.socket) -> None:
+        try:
+            while chunk := s.recv(65536):
+                self.data += chunk
+        except OSError:
+            pass
+
+    def close_code(self, timeout: float = 5.0) -> int | None:
+        """The status code of the server's close frame (None if it sent none)."""
+        self.thread.join(timeout)
+        data, pos = self.data, 0
+        while pos + 2 <= len(data):  # unmasked server frames: walk to the close frame
+            op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
+            head = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if n == 126:
+                n = int.from_bytes(data[pos + 2:pos + 4], "big")
+            elif n == 127:
+                n = int.from_bytes(data[pos + 2:pos + 10], "big")
+            if op == 8:
+                return int.from_bytes(data[pos + head:pos + head + 2], "big") if n >= 2 \
+                    else None
+            pos += head + n
+        return None
+
+
+@pytest.mark.parametrize("eio", [4, 3])
+def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemons, eio):
+    """A frame header announcing 2 GiB, then 200 MB of it: ingest closes the websocket with
+    1009 after the header, its memory stays flat, and another client streams on."""
+    d = daemons("--max-frame-size", "1MiB", workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    s, early = raw_websocket(d.port, eio)
+    received = Received(s, early)
+    s.sendall(b"\x82\xff" + (2 ** 31).to_bytes(8, "big") + b"\0\0\0\0")  # binary, masked
+    chunk = b"\0" * MiB
+    sent = 0
+    try:
+        s.settimeout(5)
+        for _ in range(200):
+            s.sendall(chunk)
+            sent += 1
+    except OSError:
+        pass
+    peak = ingest_rss(d)
+    code = received.close_code()
+    s.close()
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    print(f"EIO{eio}: sent {sent} MB of a 2 GiB frame; ingest RSS {before:.0f} -> "
+          f"{peak:.0f} MB; close code {code}")
+    assert code == 1009
+    assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
+    assert other["error"] is None and other["failed"] == 0
+
+
+# -- 6. Engine.IO 3 pings echoed into a queue nobody polls ------------------------------------
+
+def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
+    """Unauthenticated Engine.IO 3 sessions POST pings and never poll: the pong queue is
+    bounded in bytes (the session closed beyond it) and so is each ping; ingest's memory stays
+    flat and a streaming client does not notice."""
+    d = daemons(workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    big = RawPoll(d.url, eio=3)
+    mb_ping = "2" + "x" * MiB
+    statuses = [big.post(big.packets(*[mb_ping] * 6)) for _ in range(60)]
+    after_big = ingest_rss(d)
+    small = RawPoll(d.url, eio=3)
+    ping = "2" + "y" * 60
+    small_statuses = [small.post(small.packets(*[ping] * 256)) for _ in range(200)]
+    after_small = ingest_rss(d)
+    status, body = small.get(timeout=5)
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    limits = d.health().get("limits", {})
+    print(f"1 MB pings: POST statuses {sorted(set(statuses))}, ingest RSS {before:.0f} -> "
+          f"{after_big:.0f} MB; 60-byte pings: statuses {sorted(set(small_statuses))}, "
+          f"-> {after_small:.0f} MB; the GET then returned {len(body)} bytes; limits {limits}")
+    assert statuses[0] == 400 and set(statuses[1:]) == {400}
+    assert 400 in small_statuses and len(body) < 2 * MiB
+    assert after_small - before < 30, f"ingest grew {after_small - before:.0f} MB"
+    assert limits.get("ping_too_big") == 1 and limits.get("outgoing_queue") == 1
+    assert other["error"] is None and other["failed"] == 0
+
+
+# -- 2. transport session ids: the credential of a polling session ----------------------------
+
+def test_no_session_id_reaches_the_log_or_the_bus(daemons):
+    """Both revisions, both transports, a login, frames and a protocol error each: no
+    Engine.IO (or Socket.IO) session id in the INFO log or in any bus message, while the
+    frame headers on the bus still name each connection by ingest's number for it."""
+    import socketio
+    import zmq
+
+    from camstream import bus, wire
+    d = daemons(workers=1)
+    ctx = zmq.Context()
+    sub = bus.bus_sub(ctx, str(d.runtime_dir), b"")
+    time.sleep(0.5)  # the subscription reaches the proxy
+    sids, jpeg = [], make_jpeg(160, 120)
+    for transport in ("websocket", "polling"):
+        sio = socketio.Client(reconnection=False)
+        sio.connect(d.url, transports=[transport], wait_timeout=10,
+                    auth={"username": f"cur-{transport}", "password": ""})
+        assert sio.call("frame", ({}, jpeg), timeout=10)["accepted"]
+        sids += [sio.sid, sio.eio.sid]
+        sio.disconnect()
+    ws = RawWS(d.port, eio=3)
+    sids.append(ws.opening["sid"])
+    assert ws.login("leg-ws", "") is True
+    ws.binary_frame(jpeg, ack=7)
+    ws.send("4garbage")  # a protocol error, logged
+    ws.close()
+    p = RawPoll(d.url, eio=3)
+    sids.append(p.sid)
+    assert p.post(p.packets('42["authenticate","leg-poll","","onAuth"]')) == 200
+    assert p.post(p.packets('451-["receiveImage",{"_placeholder":true,"num":0}]',
+                            "b4" + base64.b64encode(jpeg).decode())) == 200
+    assert p.post(p.packets("9bad")) == 400
+    p4 = RawPoll(d.url, eio=4)
+    sids.append(p4.sid)
+    assert p4.post("4{not socket.io") in (200, 400)
+    wait_for(lambda: sum(r["processed"] for r in d.health()["clients"].values()) >= 4, 15,
+             what="the four frames processed")
+    messages, deadline = [], time.monotonic() + 2  # stats flow on: read what came, 2 s more
+    while time.monotonic() < deadline and sub.poll(200):
+        messages.append(sub.recv_multipart())
+    sub.close()
+    ctx.term()
+    raw = [m for m in messages if m[0].startswith(wire.RAW)]
+    assert len(raw) >= 4
+    sessions = {wire.Header.unpack(m[1]).session for m in raw}
+    assert all(s.isdigit() for s in sessions) and len(sessions) == 4, sessions
+    blob = b"\n".join(b"".join(m) for m in messages)
+    log = d.output()
+    assert "protocol error" in log
+    for sid in sids:
+        assert sid and sid.encode() not in blob, f"session id {sid} on the bus"
+        assert sid not in log, f"session id {sid} in the log: " + next(
+            ln for ln in log.splitlines() if sid in ln)
+
+
+# -- 10 and 11. login throttling that locks nobody out; names for callers who prove who -------
+
+def ws_login(port: int, source: str, name: str, password: str) -> bool:
+    ws = RawWS(port, eio=4, source=source, timeout=10)
+    try:
+        answer = ws.connect({"username": name, "password": password})
+        return isinstance(answer, str) and answer.startswith("40{")
+    finally:
+        ws.close()
+
+
+def test_guesses_from_another_address_do_not_lock_a_user_out(daemons, tmp_path):
+    """127.0.0.2 guesses alice's password 3 times a second for the whole test; alice, at
+    127.0.0.1 with the right one, logs in 12 times."""
+    users = make_users(tmp_path, alice="wonderland-42")
+    d = daemons("-a", "--users", str(users), workers=1)
+    stop, guesses = threading.Event(), []
+
+    def guess():
+        while not stop.is_set():
+            guesses.append(ws_login(d.port, "127.0.0.2", "alice", f"guess-{len(guesses)}"))
+            stop.wait(1 / 3)
+    attacker = threading.Thread(target=guess, daemon=True)
+    attacker.start()
+    time.sleep(3)  # the attacker's delays have grown
+    results, waits = [], []
+    for _ in range(12):
+        t0 = time.monotonic()
+        results.append(ws_login(d.port, "127.0.0.1", "alice", "wonderland-42"))
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.5)
+    stop.set()
+    attacker.join(15)
+    log = d.output()
+    print(f"alice logged in {sum(results)} of 12 times (slowest {max(waits):.2f} s) while "
+          f"127.0.0.2 made {len(guesses)} guesses, {log.count('login failed for user')} of them "
+          f"checked; limits {d.health().get('limits')}")
+    assert sum(results) >= 11
+    assert not any(guesses)
+    assert log.count("login failed for user 'alice' from 127.0.0.2") < len(guesses) / 3
+
+
+def test_simultaneous_guesses_are_counted_before_the_password_is_hashed(daemons, tmp_path):
+    """32 guesses from one address at the same moment, for one name and for 32 names: only
+    the first few are hashed, the others refused at once."""
+    users = make_users(tmp_path, alice="wonderland-42")
+    d = daemons("-a", "--users", str(users), workers=1)
+    ingest = d.child("ingest")
+    for names in (["alice"] * 32, [f"user{i}" for i in range(32)]):
+        sockets = [RawWS(d.port, eio=4, source="127.0.0.3") for _ in names]
+        before = d.output().count("login failed for user")
+        cpu = sum(ingest.cpu_times()[:2])
+        for ws, name in zip(sockets, names):
+            ws.send("40" + json.dumps({"username": name, "password": "guess"}))
+        answers = [ws.wait_for(lambda m: isinstance(m, str) and m[:2] in ("40", "44"), 15)
+                   for ws in sockets]
+        for ws in sockets:
+            ws.close()
+        checked = d.output().count("login failed for user") - before
+        cost = sum(ingest.cpu_times()[:2]) - cpu
+        print(f"32 simultaneous guesses for {len(set(names))} name(s): {checked} hashed, "
+              f"ingest CPU {cost:.2f} s")
+        assert all(isinstance(a, str) and a.startswith("44") for a in answers), answers
+        assert checked <= 5
+        time.sleep(0.1)
+    assert ws_login(d.port, "127.0.0.1", "alice", "wonderland-42")
+
+
+def test_client_names_under_auth_are_served_only_to_callers_who_prove_who_they_are(
+        daemons, tmp_path):
+    users = make_users(tmp_path, alice="wonderland-42")
+    token = "t0ken-for-prometheus"
+    d = daemons("-a", "--users", str(users), "--metrics-token", token, workers=1)
+    assert ws_login(d.port, "127.0.0.1", "alice", "wonderland-42")
+
+    def fetch(path: str, source: str = "127.0.0.2", **headers) -> str:
+        s = requests.Session()
+        s.mount("http://", SourceAdapter(source))
+        return s.get(d.url + path, headers=headers, timeout=10).text
+    basic = "Basic " + base64.b64encode(b"alice:wonderland-42").decode()
+    wrong = "Basic " + base64.b64encode(b"alice:guess").decode()
+    for path in ("/healthz", "/metrics"):
+        assert "alice" not in fetch(path), path
+        assert "alice" not in fetch(path, "127.0.0.1"), path
+        assert "alice" not in fetch(path, Authorization="Bearer wrong"), path
+        assert "alice" not in fetch(path, Authorization=wrong), path
+        assert "alice" in fetch(path, Authorization=f"Bearer {token}"), path
+        assert "alice" in fetch(path, "127.0.0.4", Authorization=basic), path  # not throttled
+    assert json.loads(fetch("/healthz"))["clients_hidden"] == 1
+    assert "camstream_frames_received" in fetch("/metrics")
+    trusting = daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
+    assert ws_login(trusting.port, "127.0.0.1", "alice", "wonderland-42")
+    assert "alice" in trusting.health()["clients"]
+
+
+class SourceAdapter(requests.adapters.HTTPAdapter):
+    """requests from a chosen loopback address."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)

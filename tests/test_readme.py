@@ -168,8 +168,8 @@ COVERED: dict[str, object] = {
     "[--config FILE] [--log-level LEVEL] [--max-frame-size SIZE] [--queue-depth N] "
     "[--stop-timeout S] [--max-fps FPS] [--max-connections-per-ip N] [--worker-timeout S] "
     "[--ping-interval S] [--ping-timeout S] [--certfile PEM --keyfile PEM] [--processor NAME] "
-    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results]":
-        SYNOPSIS,
+    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results] "
+    "[--max-pixels N] [--frame-timeout S]": SYNOPSIS,
     "camstream users add alice": "test_users_commands",
     'echo "$PW" | camstream users add alice --password-stdin': "test_users_commands",
     "camstream users remove alice": "test_users_commands",
@@ -181,7 +181,8 @@ COVERED: dict[str, object] = {
     "camstream send --source recordings/alice/2026-11-25": "test_send_sources_and_results",
     "camstream send --count 50 --results | jq -c '{seq, brightness}'":
         "test_send_sources_and_results",
-    "camstream display [--client NAME] [--processed] [--runtime-dir DIR]": SYNOPSIS,
+    "camstream display [--client NAME] [--processed] [--port PORT] [--runtime-dir DIR]":
+        SYNOPSIS,
     "camstream display --snapshot shots": "test_display_snapshot",
     "camstream status": "test_status_and_tap",
     "camstream tap --client alice": "test_status_and_tap",
