@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -31,10 +32,8 @@ import prometheus_client
 import socketio
 import zmq as zmq_plain
 import zmq.green as zmq
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, camerapage, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, camerapage, httpguard, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
 from camstream.limits import ConnectionCount, FrameRate, LoginThrottle, transport_cap
@@ -510,7 +509,7 @@ def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
     return sio.eio.drop_all() + old.drop_all()
 
 
-class Handler(WebSocketHandler):
+class Handler(httpguard.GuardedHandler):
     """gevent-websocket's request handler, closing the connection after a refused websocket
     upgrade (426, 400) and a 503 (the drain), and saying so (``Connection: close``, a header
     WSGI apps may not set). gevent-websocket closed after a refused upgrade without saying it:
@@ -526,7 +525,7 @@ class Handler(WebSocketHandler):
         return super().start_response(status, headers, exc_info)
 
 
-class Server(WSGIServer):
+class Server(httpguard.GuardedServer):
     """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
     port, a port scanner) one log line at most every ten seconds, not a traceback each; and
     each connection without Nagle's delay (TCP_NODELAY, as Node's http server): pywsgi writes
@@ -555,6 +554,17 @@ class Server(WSGIServer):
                             "most every 10 s)", address[0], getattr(e, "reason", None) or e)
 
 
+def raise_file_limit() -> None:
+    """Each connection is a file descriptor: take the hard limit (a unit's LimitNOFILE=)
+    rather than the soft one a shell leaves (often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
+
+
 def main() -> int:
     config = proc.child_start("ingest")
     listener = gevent.socket.socket(fileno=int(sys.argv[2]))  # the supervisor's, inherited
@@ -572,7 +582,12 @@ def main() -> int:
     app = refuse_handshakes_while(lambda: ingest.draining, app)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = Server(listener, app, handler_class=Handler, log=None,
-                        error_log=logging.getLogger("camstream.http"), **tls)
+                    error_log=logging.getLogger("camstream.http"),
+                    header_timeout=config.header_timeout,
+                    handshake_timeout=config.handshake_timeout,
+                    max_pending=config.max_pending_connections, hits=ingest.ledger.limit_hits,
+                    **tls)
+    raise_file_limit()
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")
     if config.log_level != "debug":

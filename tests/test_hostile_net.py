@@ -401,3 +401,102 @@ class SourceAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         kwargs["source_address"] = (self.source, 0)
         super().init_poolmanager(*args, **kwargs)
+
+
+# -- 9. slowloris: half-open requests and TLS handshakes ----------------------------------------
+
+def half_open(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that start a request and never finish its headers."""
+    socks = []
+    for _ in range(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), 5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks.append(s)
+        except OSError:
+            break
+    return socks
+
+
+@pytest.mark.parametrize("pending", [None, "2000"])
+def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
+    """Ingest at systemd's default of 1,024 files; 3,000 connections each send half a
+    request and wait. A real client still connects and streams, /healthz answers; should an
+    accept fail with EMFILE, it is one log line, not a traceback (with
+    --max-pending-connections over the file limit, half the limit is the cap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8000), hard))
+    args = ("--max-pending-connections", pending) if pending else ()
+    d = daemons(*args, workers=1)
+    ingest = d.child("ingest")
+    subprocess.run(["prlimit", "--pid", str(ingest.pid), "--nofile=1024:1024"], check=True,
+                   timeout=10)
+    socks = half_open(d.port, 3000)
+    try:
+        t0 = time.monotonic()
+        health = requests.get(d.url + "/healthz", timeout=10).json()
+        health_s = time.monotonic() - t0
+        stop = threading.Event()
+        client = streamer(d.url, "real", stop)
+        wait_for(lambda: client["accepted"] >= 10 or client["error"], 20,
+                 what="the real client streaming")
+        stop.set()
+        client["thread"].join(10)
+        fds = ingest.num_fds()
+    finally:
+        for s in socks:
+            s.close()
+    log = d.output()
+    print(f"{len(socks)} half-open connections, max pending {pending or 512}: /healthz in "
+          f"{health_s:.2f} s, the real client {client['accepted']} frames accepted "
+          f"(error {client['error']}), ingest fds {fds}, limits {health['limits']}, "
+          f"EMFILE lines {log.count('out of file descriptors')}, tracebacks "
+          f"{log.count('Traceback')}")
+    assert len(socks) == 3000
+    assert client["error"] is None and client["accepted"] >= 10
+    assert "Traceback" not in log and "Too many open files" not in log
+    assert health["limits"].get("pending_evicted", 0) + \
+        health["limits"].get("file_limit_evicted", 0) >= 1000
+    assert log.count("out of file descriptors") <= 1
+
+
+def test_a_request_whose_headers_never_end_is_closed_after_the_header_timeout(daemons):
+    d = daemons("--header-timeout", "1.5", workers=1)
+    s = half_open(d.port, 1)[0]
+    s.settimeout(5)
+    t0 = time.monotonic()
+    try:
+        got = s.recv(100)
+    except OSError:
+        got = b""
+    took = time.monotonic() - t0
+    s.close()
+    assert got == b"" and 1.0 < took < 4, (got, took)
+    assert d.health()["limits"].get("header_timeout") == 1
+
+
+def test_a_tls_handshake_never_finished_is_closed_after_the_handshake_timeout(daemons,
+                                                                               tmp_path):
+    from test_security import make_cert
+    cert, key = make_cert(tmp_path)
+    d = daemons("--certfile", cert, "--keyfile", key, "--handshake-timeout", "1.5", workers=1,
+                ready=False)
+    wait_for(lambda: requests.get(d.url.replace("http:", "https:") + "/healthz", timeout=2,
+                                  verify=False).json()["workers"]["alive"] >= 1, 30,
+             what="the TLS daemon")
+    s = socket.create_connection(("127.0.0.1", d.port), 5)
+    s.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and nothing more
+    s.settimeout(5)
+    t0 = time.monotonic()
+    try:
+        got = s.recv(100)
+    except OSError:
+        got = b""
+    took = time.monotonic() - t0
+    s.close()
+    assert got == b"" and 1.0 < took < 4, (got, took)
+    limits = requests.get(d.url.replace("http:", "https:") + "/healthz", timeout=5,
+                          verify=False).json()["limits"]
+    assert limits.get("handshake_timeout") == 1, limits
+    assert "Traceback" not in d.output()
