@@ -36,7 +36,13 @@ import zmq.green as zmq
 from camstream import bus, camerapage, httpguard, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
-from camstream.limits import ConnectionCount, FrameRate, LoginThrottle, transport_cap
+from camstream.limits import (
+    ConnectionCount,
+    FrameRate,
+    IncompleteEvents,
+    LoginThrottle,
+    transport_cap,
+)
 from camstream.routing import Router
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
@@ -93,6 +99,10 @@ class Ingest:
         self.connections = ConnectionCount(config.max_connections_per_ip)
         self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
         self.throttle = LoginThrottle()
+        self.on_heartbeat: list = []  # what else runs twice a second
+        self.incomplete = IncompleteEvents(transport_cap(config.max_frame_bytes),
+                                           config.max_incomplete_bytes,
+                                           config.incomplete_timeout)
         self.serving = False
         self.draining = False
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
@@ -328,6 +338,8 @@ class Ingest:
         while True:
             self.read_stats()
             self.ledger.checkpoint()
+            for task in self.on_heartbeat:
+                task()
             if self.dispatcher.router:
                 self.dispatcher.check()
             health = self.ledger.health()
@@ -431,6 +443,9 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         # third); only beyond that does the transport drop the connection
         max_http_buffer_size=transport_cap(config.max_frame_bytes),
         serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
+    sio.incomplete = ingest.incomplete  # bytes held for events awaiting attachments
+    sio.hits = ingest.ledger.limit_hits
+    ingest.on_heartbeat.append(sio.expire_incomplete)
 
     @sio.event
     def connect(sid, environ, auth=None):

@@ -500,3 +500,64 @@ def test_a_tls_handshake_never_finished_is_closed_after_the_handshake_timeout(da
                           verify=False).json()["limits"]
     assert limits.get("handshake_timeout") == 1, limits
     assert "Traceback" not in d.output()
+
+
+# -- 8. binary attachments announced and never sent -------------------------------------------
+
+@pytest.mark.parametrize("eio", [4, 3])
+def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons, eio):
+    """20 unauthenticated websockets each announce 4 attachments and send 3 of 1.5 MB (each
+    under the transport cap): each connection is closed once it holds more than one
+    message's worth; one that announces an attachment and sends nothing is closed after
+    --incomplete-timeout. Ingest's memory stays flat and a streaming client goes on."""
+    d = daemons("--max-frame-size", "1MiB", "--incomplete-timeout", "2", workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    holders, closed = [], 0
+    placeholders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(4))
+    chunk = (b"\x04" if eio == 3 else b"") + b"\xab" * (3 * MiB // 2)
+    for _ in range(20):
+        ws = RawWS(d.port, eio=eio)
+        ws.connect()
+        ws.send(f'454-["frame",{{}},{placeholders}]')
+        for _ in range(3):
+            ws.send(chunk)
+        holders.append(ws)
+    peak = ingest_rss(d)
+    for ws in holders:
+        closed += ws.wait_for(lambda m: False, 5) == CLOSED
+        ws.close()
+    idle = RawWS(d.port, eio=eio)
+    idle.connect()
+    idle.send('451-["frame",{},{"_placeholder":true,"num":0}]')
+    t0 = time.monotonic()
+    idle_end = idle.wait_for(lambda m: False, 10)
+    idle_s = time.monotonic() - t0
+    idle.close()
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    limits = d.health()["limits"]
+    print(f"EIO{eio}: 20 connections x 3 x 1.5 MB of announced attachments: ingest RSS "
+          f"{before:.0f} -> {peak:.0f} MB, {closed} of 20 closed; an idle incomplete event "
+          f"closed after {idle_s:.1f} s ({idle_end}); limits {limits}")
+    assert closed == 20
+    assert peak - before < 40, f"ingest grew {peak - before:.0f} MB"
+    assert idle_end == CLOSED and 1.5 < idle_s < 5
+    assert limits.get("incomplete_bytes") == 20 and limits.get("incomplete_timeout") == 1
+    assert other["error"] is None and other["failed"] == 0
+
+
+def test_incomplete_events_are_bounded_all_together():
+    from camstream.limits import IncompleteEvents
+    budget = IncompleteEvents(per_connection=100, total=250, timeout=10)
+    a, b, c = ("eio4", "a"), ("eio3", "b"), ("eio4", "c")
+    assert budget.add(a, 100) == "" and budget.add(b, 100) == ""
+    assert "max-frame-size" in budget.add(a, 1)
+    assert "max-incomplete-bytes" in budget.add(c, 60)
+    budget.done(a)
+    assert budget.add(c, 60) == "" and budget.bytes == 160
+    assert budget.expired("eio4") == [] and IncompleteEvents(1, 1, -1).expired("eio3") == []
