@@ -90,6 +90,7 @@ class Ingest:
         self.users = users
         self.ledger = Ledger(restarted)
         self.ledger.own_clients_only = config.ingest_only
+        self.ledger.forget_after = config.forget_after
         if not config.ingest_only:  # the pool's count comes with its first report
             self.ledger.workers_configured = config.workers
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
@@ -172,7 +173,7 @@ class Ingest:
         conn.name = name
         conn.counts = self.ledger.client(name)
         conn.rate = FrameRate(self.config.max_fps)
-        self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
+        self.ledger.joined(name)
         self.dispatcher.open(conn.number, name, conn.counts)
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
         log.info("%s logged in as %r", conn.label, name)
@@ -200,8 +201,7 @@ class Ingest:
 
     def _leave(self, conn: Conn) -> None:
         self.dispatcher.close(conn.number)
-        left = self.ledger.connected.get(conn.name, 1) - 1
-        self.ledger.connected[conn.name] = left
+        left = self.ledger.left(conn.name)
         if not left:
             self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
         conn.name = None

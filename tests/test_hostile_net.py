@@ -561,3 +561,39 @@ def test_incomplete_events_are_bounded_all_together():
     budget.done(a)
     assert budget.add(c, 60) == "" and budget.bytes == 160
     assert budget.expired("eio4") == [] and IncompleteEvents(1, 1, -1).expired("eio3") == []
+
+
+# -- 12. client names are forgotten -------------------------------------------------------------
+
+def test_names_that_left_are_folded_and_healthz_stays_small(daemons):
+    """Without -a any name names a stream: 2,000 names log in and leave (10 of them with a
+    frame). After --forget-clients-after their rows are gone from /healthz, folded into
+    'departed' with their frames, and /healthz is small and quick again."""
+    d = daemons("--forget-clients-after", "2", workers=1)
+    jpeg = make_jpeg(160, 120)
+    for i in range(2000):
+        ws = RawWS(d.port, eio=4)
+        ws.connect({"username": f"cam{i}", "password": ""})
+        if i < 10:
+            ws.binary_frame(jpeg, ack=1)
+            ws.wait_for(lambda m: isinstance(m, str) and m.startswith("431"), 5)
+        ws.close()
+    t0 = time.monotonic()
+    full = requests.get(d.url + "/healthz", timeout=10)
+    full_s = time.monotonic() - t0
+    wait_for(lambda: d.health()["departed"]["clients"] == 2000, 20, what="the names folded")
+    wait_for(lambda: d.health()["departed"]["processed"] == 10, 20, what="frames in departed")
+    t0 = time.monotonic()
+    after = requests.get(d.url + "/healthz", timeout=10)
+    after_s = time.monotonic() - t0
+    h = after.json()
+    print(f"2,000 names that left: /healthz {len(full.content)} B in {full_s * 1000:.0f} ms; "
+          f"after folding {len(after.content)} B in {after_s * 1000:.0f} ms; departed "
+          f"{h['departed']}")
+    assert not [n for n in h["clients"] if n.startswith("cam")]
+    assert h["totals"]["received"] == 10 and h["totals"]["processed"] == 10
+    assert len(after.content) < 5000
+    ws = RawWS(d.port, eio=4)
+    ws.connect({"username": "cam3", "password": ""})  # a name that comes back starts anew
+    assert d.health()["clients"]["cam3"]["connected"] == 1
+    ws.close()
