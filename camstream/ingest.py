@@ -17,6 +17,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -44,6 +45,7 @@ from camstream.limits import (
     transport_cap,
 )
 from camstream.routing import Router
+from camstream.rundir import RuntimeDirError
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
@@ -108,6 +110,7 @@ class Ingest:
         self.draining = False
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
         offer, self.to = bus.offered(config), bus.reached(config)
+        self.binds = bus.IpcBinds()  # checked by the heartbeat: a removed file is bound again
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
         if config.route == "client":  # one pipeline per local worker (camstream.routing)
             self.frames_push = None
@@ -115,16 +118,23 @@ class Ingest:
             self.ledger.owners = router.owner  # shown in /healthz
         else:
             self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
-                                               offer=offer, to=self.to)
+                                               offer=offer, to=self.to, binds=self.binds)
             router = None
         # PUB never blocks and stats are polled: plain sockets, without gevent's wake-ups
         plain = zmq_plain.Context.shadow(ctx.underlying)
-        self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to)
+        # an ingest node also publishes on its supervisor's local bus: its heartbeat does not
+        # depend on the pool being there
+        self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to,
+                                   local=config.ingest_only)
         self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000,
-                                     to=self.to)
+                                     to=self.to, local=config.ingest_only)
+        if config.ingest_only:
+            self.ledger.pool_endpoint = config.worker_endpoint
+        self.pool_was_missing = False
         self.dispatcher = Dispatcher(
             self.frames_push, self.bus_pub, config.queue_depth, router=router,
-            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm))
+            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm,
+                                                  self.binds))
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
         self.anonymous_registry = prometheus_client.CollectorRegistry()  # no client names
@@ -178,6 +188,13 @@ class Ingest:
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
         log.info("%s logged in as %r", conn.label, name)
         return True
+
+    def login_wait(self, address: str, username) -> float:
+        """Seconds before a login from ``address`` as ``username`` is checked again (0 without
+        --auth, where nothing is throttled)."""
+        if not self.config.auth:
+            return 0.0
+        return math.ceil(self.throttle.wait(address, str(username)) * 10) / 10
 
     def check_password(self, address: str, name: str, password) -> bool:
         """The users file's verdict, through the login throttle (camstream.limits): the
@@ -307,7 +324,7 @@ class Ingest:
                         and report.get("host", proc.HOST) == proc.HOST:  # a shared bus
                     self.ledger.supervisor = report
                 elif report.get("role") == "pool":
-                    self.ledger.pool = report
+                    self.ledger.pool_report(report)
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
@@ -333,10 +350,36 @@ class Ingest:
             if handled % 16 == 0:
                 gevent.sleep(0)  # recv does not yield while results are waiting
 
+    def check_endpoints(self) -> None:
+        """The pipeline's socket files: one removed is bound again; one that cannot be is a
+        reason for /healthz to say degraded (and a log line)."""
+        try:
+            self.binds.rebind()
+            self.ledger.problems.pop("ipc", None)
+        except (zmq.ZMQError, OSError, RuntimeDirError) as e:
+            if "ipc" not in self.ledger.problems:
+                log.error("cannot bind the frame pipeline's ipc endpoint again: %s", e)
+            self.ledger.problems["ipc"] = f"frame pipeline endpoint gone and not rebound: {e}"
+
+    def check_pool(self) -> None:
+        """--ingest-only: say when the pool goes missing and when it is back. A missing pool
+        is not a hung ingest: clients stay connected, their frames are dropped and counted."""
+        missing = self.ledger.pool_missing_s() is not None
+        if missing and not self.pool_was_missing:
+            log.warning("waiting for the pool at %s (nothing heard from it for %.0f s: "
+                        "'camstream pool' stopped, or unreachable); clients stay connected, "
+                        "their frames are dropped and counted meanwhile",
+                        self.config.worker_endpoint, self.ledger.pool_missing_s())
+        elif self.pool_was_missing and not missing:
+            log.info("the pool at %s answers again", self.config.worker_endpoint)
+        self.pool_was_missing = missing
+
     def heartbeat(self) -> None:
         """Publish ingest's totals; the supervisor takes them as proof that ingest answers."""
         while True:
             self.read_stats()
+            self.check_endpoints()
+            self.check_pool()
             self.ledger.checkpoint()
             for task in self.on_heartbeat:
                 task()
@@ -461,7 +504,10 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")
-                raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+                # the wait the throttle now imposes, as the error's data (err.data in JS):
+                # a client can say when to try again instead of hammering
+                raise socketio.exceptions.ConnectionRefusedError("authentication failed", {
+                    "retry_in_s": ingest.login_wait(conn.address, auth.get("username"))})
 
     @sio.event
     def disconnect(sid, reason=None):

@@ -839,25 +839,30 @@ class LegacyServer:
     # -- heartbeats -------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Drop clients silent for pingInterval + pingTimeout; forget closed sessions."""
+        """Drop clients silent for pingInterval + pingTimeout, on time (the reference's timer
+        fires then; a fixed sweep was up to a period late); forget closed sessions. It wakes
+        at the first deadline, which clients that ping keep moving on: rarely, with a bound."""
         limit = self.ping_interval + self.ping_timeout
         period = min(1.0, limit / 5)
         while True:
-            gevent.sleep(period)
             now = time.monotonic()
-            for _, sid in self.ingest.incomplete.expired("eio3"):  # waited for attachments too long
+            for _, sid in self.ingest.incomplete.expired("eio3"):  # awaited attachments too long
                 self.ingest.incomplete.done(("eio3", sid))
                 session = self.sessions.get(sid)
                 if session is not None and not session.closed:
                     self.ingest.ledger.limit_hits["incomplete_timeout"] += 1
                     gevent.spawn(session.protocol_error, "an event awaited its attachments over "
                                  f"{self.ingest.incomplete.timeout:g} s (--incomplete-timeout)")
+            wake = now + period
             for session in list(self.sessions.values()):
                 if session.closed:
                     if now - session.closed_at > CLOSED_GRACE:
                         self.sessions.pop(session.sid, None)
-                elif now - session.last_seen > limit:
+                elif now - session.last_seen >= limit:
                     gevent.spawn(session.close, f"ping timeout ({limit:g} s without a packet)")
+                else:
+                    wake = min(wake, session.last_seen + limit)
+            gevent.sleep(max(0.002, wake - time.monotonic()))
 
     # -- HTTP helpers -----------------------------------------------------------------------
 

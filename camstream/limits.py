@@ -77,6 +77,14 @@ class LoginThrottle:
         if rec[0] > free:
             rec[1] = now + min(self.ceiling, self.base * 2 ** (rec[0] - free - 1))
 
+    def wait(self, address: str, name: str) -> float:
+        """Seconds before this address may try this name again (0: now), without trying."""
+        now = time.monotonic()
+        until = max(rec[1] for rec in (self.records.get(("pair", address, name)),
+                                        self.records.get(("addr", address)), [0, 0.0, 0])
+                    if rec is not None)
+        return max(0.0, until - now)
+
     def begin(self, address: str, name: str) -> tuple[float, float]:
         """``(refused, slow)``: refused > 0 is the seconds before this address may try this
         name again (the attempt is not made); else the attempt is in flight, to be checked

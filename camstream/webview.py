@@ -23,6 +23,7 @@ import binascii
 import http.server
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -200,11 +201,13 @@ class View:
             return sum(1 for t in self.viewers.values() if now - t < VIEWER_SEEN)
 
 
-def read_bus(view: View, runtime_dir: str, stop: threading.Event) -> None:
-    """The bus thread: frames and join/leave into ``view``, ingest's dropped counters too."""
+def read_bus(view: View, runtime_dir: str, stop: threading.Event,
+             client: str | None = None) -> None:
+    """The bus thread: frames and join/leave into ``view`` (one client's only, with
+    ``client``), ingest's dropped counters too."""
     import zmq
-    frames = Subscription(runtime_dir, raw=True, processed=True, events=True, hwm=FRAME_HWM,
-                          check=False)
+    frames = Subscription(runtime_dir, client, raw=True, processed=True, events=True,
+                          hwm=FRAME_HWM, check=False)
     stats = bus.bus_sub(frames.ctx, runtime_dir, wire.topic(wire.STATS, "ingest"), hwm=100)
     frames.poller.register(stats, zmq.POLLIN)
     log.info("attached to %s", runtime_dir)
@@ -260,9 +263,9 @@ class Logins:
         except UsersError:
             return False, "wrong user name or password"
         with self.lock:
-            wait = self.throttle.wait(address, name)
-            if wait:
-                return False, f"too many failed logins: try again in {wait:.0f} s"
+            refused, slow = self.throttle.begin(address, name)  # counted before scrypt
+            if refused:
+                return False, f"too many failed logins: try again in {math.ceil(refused)} s"
             if self._mtime() != self.mtime:
                 try:
                     self.users, self.mtime = Users.load(self.users_file), self._mtime()
@@ -270,13 +273,16 @@ class Logins:
                              len(self.users))
                 except UsersError as e:
                     log.warning("%s (keeping the users read before)", e)
-        ok = self.users.verify(name, password)   # scrypt: outside the lock
-        with self.lock:
-            if ok:
-                self.throttle.succeeded(address, name)
-            else:
-                self.throttle.failed(address, name)
-                log.warning("view login failed for user %r from %s", name, address)
+        ok = False
+        try:
+            if slow:
+                time.sleep(slow)  # failures for this name from anywhere: slowed, not refused
+            ok = self.users.verify(name, password)   # scrypt: outside the lock
+        finally:
+            with self.lock:
+                self.throttle.end(address, name, ok)
+        if not ok:
+            log.warning("view login failed for user %r from %s", name, address)
         return ok, "" if ok else "wrong user name or password"
 
     def check_basic(self, address: str, header: str) -> str | None:
@@ -572,6 +578,13 @@ def run(args: argparse.Namespace) -> int:
     from camstream.cli import CliError, listen
     from camstream.display import check_daemon
 
+    if args.snapshot:
+        raise CliError("--web and --snapshot are two different displays: run one of each")
+    if args.client is not None:
+        try:
+            check_name(args.client)
+        except UsersError as e:
+            raise CliError(f"--client: {e}") from None
     try:
         host, port = web_address(args.web, "0.0.0.0")
     except ValueError as e:
@@ -609,8 +622,8 @@ def run(args: argparse.Namespace) -> int:
     view = View()
     view.login = logins is not None
     stop = threading.Event()
-    reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop),
-                              name="bus", daemon=True)
+    reader = threading.Thread(target=read_bus, args=(view, args.runtime_dir, stop,
+                                                     args.client), name="bus", daemon=True)
     reader.start()
     server = WebServer(sock, view, logins, tls)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())

@@ -71,3 +71,15 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
              "apt-get install -y chromium chromium-driver); skipping them" >&2
     fi
 fi
+
+# The real-systemd test (tests/test_systemd_real.py) builds a minimal Debian with debootstrap
+# (cached in /var/cache/camstream-tests) and boots it with systemd-nspawn (systemd-container).
+if ! command -v debootstrap >/dev/null && [ ! -x /usr/sbin/debootstrap ] \
+        || ! command -v systemd-nspawn >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq debootstrap systemd-container
+    else
+        echo "tests/setup.sh: the real-systemd test needs debootstrap and systemd-container" \
+             "(as root: apt-get install -y debootstrap systemd-container); skipping it" >&2
+    fi
+fi

@@ -80,3 +80,17 @@ def test_the_page_is_static_and_packaged(https_daemon):
     assert script.headers["Content-Type"].startswith("text/javascript")
     assert "http" not in "".join(line for line in page.text.splitlines() if "src=" in line), \
         "the page loads nothing from elsewhere"
+
+
+def test_every_page_file_is_packaged():
+    """A non-editable install serves the pages: every file in camstream/static matches
+    setup.cfg's package_data (a wheel built from this tree holds them)."""
+    import configparser
+    import fnmatch
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["camstream"].split(",")]
+    files = [f"static/{f.name}" for f in (ROOT / "camstream" / "static").iterdir()]
+    assert files
+    unpackaged = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not unpackaged, f"add to setup.cfg [options.package_data]: {unpackaged}"

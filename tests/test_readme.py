@@ -150,16 +150,17 @@ class NotHere:
 
 
 SYNOPSIS = "synopsis"   # a usage line: its options are checked against the verb's --help
-RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/test_systemd.py "
-                 "follows it in a systemd-nspawn container, and test_systemd_prints_a_recipe "
-                 "runs `camstream systemd` here")
+RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/test_systemd_real.py "
+                 "follows it in a systemd-nspawn container, test_systemd_prints_a_recipe runs "
+                 "`camstream systemd` here, and tests/test_systemd.py checks that the README "
+                 "shows the recipe exactly")
 
 COVERED: dict[str, object] = {
     "hostname -I": "test_finding_the_address",
     "sudo ufw allow 8080/tcp": NotHere("changes this machine's firewall, as root"),
     "sudo firewall-cmd --add-port=8080/tcp --permanent && sudo firewall-cmd --reload":
         NotHere("changes this machine's firewall, as root (and Fedora's firewalld)"),
-    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/camstream demo":
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[gui]' && .venv/bin/camstream demo":
         "test_first_command_demo",
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && tests/setup.sh && "
     ".venv/bin/pytest": "test_test_command_is_what_ci_runs",
@@ -167,8 +168,8 @@ COVERED: dict[str, object] = {
     "[--config FILE] [--log-level LEVEL] [--max-frame-size SIZE] [--queue-depth N] "
     "[--stop-timeout S] [--max-fps FPS] [--max-connections-per-ip N] [--worker-timeout S] "
     "[--ping-interval S] [--ping-timeout S] [--certfile PEM --keyfile PEM] [--processor NAME] "
-    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results]":
-        SYNOPSIS,
+    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results] "
+    "[--max-pixels N] [--frame-timeout S]": SYNOPSIS,
     "camstream users add alice": "test_users_commands",
     'echo "$PW" | camstream users add alice --password-stdin': "test_users_commands",
     "camstream users remove alice": "test_users_commands",
@@ -180,7 +181,8 @@ COVERED: dict[str, object] = {
     "camstream send --source recordings/alice/2026-11-25": "test_send_sources_and_results",
     "camstream send --count 50 --results | jq -c '{seq, brightness}'":
         "test_send_sources_and_results",
-    "camstream display [--client NAME] [--processed] [--runtime-dir DIR]": SYNOPSIS,
+    "camstream display [--client NAME] [--processed] [--port PORT] [--runtime-dir DIR]":
+        SYNOPSIS,
     "camstream display --snapshot shots": "test_display_snapshot",
     "camstream status": "test_status_and_tap",
     "camstream tap --client alice": "test_status_and_tap",
@@ -423,8 +425,8 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
     an empty folder and from one holding folders named camstream/ and workers/ (the folder
     above a clone), which must not shadow the installed package in any child."""
     first = first_commands()[0]
-    assert first == readme_line("python3 -m venv .venv && .venv/bin/pip install -e . && "
-                                ".venv/bin/camstream demo")
+    assert first == readme_line("python3 -m venv .venv && .venv/bin/pip install -e '.[gui]' "
+                                "&& .venv/bin/camstream demo")
     demo = first.split("&&")[-1].strip()
     assert demo == ".venv/bin/camstream demo"
     cwd = tmp_path / "cwd"

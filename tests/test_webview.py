@@ -233,3 +233,44 @@ def test_idle_connections_from_one_address_are_capped(daemons):
     assert "refusing connections from 127.0.0.1" in d.output()
     wait_for(lambda: requests.get(d.web + "/healthz", timeout=2).ok, 10,
              what="the view to answer once the idle connections went")
+
+
+def test_boxes_of_a_result_are_drawn_over_the_frame(daemons, browsers):  # noqa: F811
+    """motion without its own annotation: the page draws the result's boxes itself."""
+    port = free_port()
+    d = daemons("--web", f"127.0.0.1:{port}", "--processor", "motion",
+                "--processor-opt", "annotate=false", workers=1)
+    moving = []
+    for i in range(8):  # a white square sliding over black: motion every frame
+        img = np.zeros((240, 320, 3), np.uint8)
+        cv2.rectangle(img, (20 + 30 * i, 80), (80 + 30 * i, 140), (255, 255, 255), -1)
+        moving.append(cv2.imencode(".jpg", img)[1].tobytes())
+    s = Streamer(d.url, "hana", fps=10, frames=moving).start()
+    try:
+        driver = browsers().driver
+        driver.get(f"http://127.0.0.1:{port}/client/hana?kind=processed")
+        shows(driver, {"hana"})
+
+        def box_drawn():  # the page's box colour, #4fc3f7, in BGR
+            px = tile_pixels(driver, "hana").astype(int)
+            near = (np.abs(px - (247, 195, 79)).sum(axis=2) < 60).sum()
+            return near > 100
+        wait_for(box_drawn, 20, interval=0.2, what="a box drawn over hana's frame")
+        assert "motion: " in driver.find_element("css selector", ".result").text
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("text, host, port", [
+    ("8081", "10.0.0.5", 8081), ("127.0.0.1:8081", "127.0.0.1", 8081),
+    ("[::1]:9000", "::1", 9000), (":8081", "10.0.0.5", 8081)])
+def test_web_address(text, host, port):
+    from camstream.webview import web_address
+    assert web_address(text, "10.0.0.5") == (host, port)
+
+
+@pytest.mark.parametrize("text", ["", "x", "host:", "host:0", "host:70000", "8081:host"])
+def test_web_address_refuses(text):
+    from camstream.webview import web_address
+    with pytest.raises(ValueError, match=r"\[HOST:\]PORT"):
+        web_address(text, "0.0.0.0")
