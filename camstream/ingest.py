@@ -634,9 +634,10 @@ def main() -> int:
     except UsersError as e:
         log.error("%s", e)
         return 2
-    wsfast.install(transport_cap(config.max_frame_bytes))  # before a payload is read
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
+    # websocket messages bounded before their payload is read (counted in /healthz limits)
+    wsfast.install(transport_cap(config.max_frame_bytes), ingest.ledger.limit_hits)
     sio = socketio_server(ingest, config)
     old = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)

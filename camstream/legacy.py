@@ -821,6 +821,7 @@ class LegacyServer:
             if not session.closed:
                 session.protocol_error(str(e))
         except MessageTooBig as e:  # its payload unread: 1009, then the session closes
+            self.ingest.ledger.limit_hits["message_too_big"] += 1
             if not session.closed:
                 with gevent.Timeout(1.0, False), session.lock:
                     close_with(ws, CLOSE_TOO_BIG, b"message too big")

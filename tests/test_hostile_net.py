@@ -200,6 +200,7 @@ def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemon
     print(f"EIO{eio}: sent {sent} MB of a 2 GiB frame; ingest RSS {before:.0f} -> "
           f"{peak:.0f} MB; close code {code}")
     assert code == 1009
+    assert d.health()["limits"].get("message_too_big") == 1
     assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
     assert other["error"] is None and other["failed"] == 0
 
