@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the edges (a daemon, a screen), then show frames until detached."""
     from camstream import proc
 
-    args.runtime_dir = runtime_dir_of(args)
+    args.runtime_dir = runtime_dir_of(args)  # both views find the daemon by its port
     if args.web:  # the browser view: the same bus, served over HTTP (camstream.webview)
         from camstream import webview
         return webview.run(args)

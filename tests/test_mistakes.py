@@ -180,3 +180,15 @@ def test_status_counts_local_and_remote_workers_apart():
     first = format_health(health).splitlines()[0]
     assert first == ("up 1 h 2 min; workers: 2 of 2 alive here (0 restarts), 1 remote alive "
                      "(lab2 pid 41, lab3 pid 7 (gone)); ingest restarts 1")
+
+
+def test_legacy_send_reads_its_counters_under_auth(daemons, tmp_path):
+    """Under -a /healthz shows client rows only to a user: send --legacy asks as itself."""
+    from conftest import make_users
+    users = make_users(tmp_path, lee="pw")
+    d = daemons("-a", "--users", str(users), workers=1)
+    r = camstream("send", d.url, "-u", "lee", "--password", "pw", "--count", "5", "--fps",
+                  "10", "--legacy")
+    assert r.returncode == 0, r.stderr
+    assert "the daemon's counters for 'lee' during this run: received 5, refused 0, " \
+           "dropped 0, processed 5" in r.stderr, r.stderr

@@ -390,8 +390,7 @@ def started(tmp_path):
 
 
 def health(auth: tuple[str, str] | None = None) -> dict:
-    """The daemon's /healthz; under -a client names are shown only to a user of the users
-    file (HTTP basic auth)."""
+    """/healthz of the README's daemon; under -a client rows need a user's login."""
     import requests
     return requests.get(URL + "/healthz", timeout=2, auth=auth).json()
 
