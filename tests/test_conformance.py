@@ -284,6 +284,26 @@ def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
             server.server_close()
 
 
+def test_why_the_drain_refuses_below_socket_io(js):
+    """The choice not taken: a Socket.IO connect error (what camstream answered while draining
+    before) makes JS 4.x give up at once, even from the reference server; it never retries."""
+    script = r"""
+const dir = process.argv[1];
+const { Server } = require(dir + "/node_modules/srv4");
+const io = new Server(Number(process.argv[2]));
+let tries = 0;
+io.use((socket, next) => { tries++; next(new Error("shutting down")); });
+const client = require(dir + "/node_modules/sio4")("http://127.0.0.1:" + process.argv[2],
+                                                   { transports: ["websocket"] });
+setTimeout(() => {
+  console.log(JSON.stringify({ tries, active: client.active })); process.exit(0);
+}, 3000);
+"""
+    run = subprocess.run(["node", "-e", script, str(JS_DIR), str(free_port())],
+                         capture_output=True, text=True, timeout=30)
+    assert json.loads(run.stdout) == {"tries": 1, "active": False}, (run.stdout, run.stderr)
+
+
 # -- shared daemons: camstream and the two reference servers, the same fractional heartbeat ----
 
 PING_INTERVAL, PING_TIMEOUT = 1.5, 0.5  # seconds: fractional on purpose (item 2)
