@@ -284,7 +284,7 @@ def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
             server.server_close()
 
 
-def test_why_the_drain_refuses_below_socket_io(js):
+def test_why_the_drain_refuses_below_socket_io():
     """The choice not taken: a Socket.IO connect error (what camstream answered while draining
     before) makes JS 4.x give up at once, even from the reference server; it never retries."""
     script = r"""
