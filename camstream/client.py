@@ -407,9 +407,10 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
-    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
-                 f"ingest restarts {health['ingest']['restarts']}")
+    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+             f"ingest restarts {health['ingest']['restarts']}"]
+    if health.get("reasons"):  # /healthz status "degraded"
+        lines.append(f"degraded: {'; '.join(health['reasons'])}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

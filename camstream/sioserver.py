@@ -20,6 +20,7 @@ extension point, so tests/test_conformance.py fails when the libraries change un
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -247,9 +248,32 @@ class Server(socketio.Server):
     def _engineio_server_class(self):
         return EngineIOServer
 
+    # bytes held for events awaiting attachments (camstream.limits.IncompleteEvents), and the
+    # counter of what limits stopped: set by ingest
+    incomplete = None
+    hits: collections.Counter = collections.Counter()
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.eio.describe = self.describe
+
+    def _handle_eio_disconnect(self, eio_sid, *args, **kwargs):
+        if self.incomplete is not None:
+            self.incomplete.done(("eio4", eio_sid))
+        return super()._handle_eio_disconnect(eio_sid, *args, **kwargs)
+
+    def expire_incomplete(self) -> None:
+        """Close the connections whose event has awaited its attachments too long."""
+        if self.incomplete is None:
+            return
+        for _, eio_sid in self.incomplete.expired("eio4"):
+            self.incomplete.done(("eio4", eio_sid))
+            self._binary_packet.pop(eio_sid, None)
+            self.hits["incomplete_timeout"] += 1
+            log.warning("protocol error from %s: an event awaited its attachments over %g s "
+                        "(--incomplete-timeout); closing it", self.describe(eio_sid),
+                        self.incomplete.timeout)
+            self.eio.start_background_task(self.eio.disconnect, eio_sid)
 
     def describe(self, eio_sid: str) -> str:
         """The connection's label that ingest put in its environ, else its address."""
@@ -275,10 +299,24 @@ class Server(socketio.Server):
                     not data and eio_sid not in self._binary_packet):
                 raise ValueError(f"an empty socket.io packet or one that is not text "
                                  f"({type(data).__name__})")
+            budget = self.incomplete
+            if budget is not None and eio_sid in self._binary_packet and \
+                    not isinstance(data, str):
+                reason = budget.add(("eio4", eio_sid), len(data))
+                if reason:
+                    self.hits["incomplete_bytes"] += 1
+                    raise ValueError(reason)
             super()._handle_eio_message(eio_sid, data)
+            if budget is not None:
+                if eio_sid in self._binary_packet:
+                    budget.start(("eio4", eio_sid))
+                else:
+                    budget.done(("eio4", eio_sid))
         except ValueError as e:
             log.warning("protocol error from %s: %s; closing it", self.describe(eio_sid), e)
             self._binary_packet.pop(eio_sid, None)
+            if self.incomplete is not None:
+                self.incomplete.done(("eio4", eio_sid))
             # after this request: closing now, inside a long-polling POST, would reset the
             # POST's own connection instead of answering it
             self.eio.start_background_task(self.eio.disconnect, eio_sid)
