@@ -157,6 +157,7 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            proc.stderr.close()
         first.shutdown()
         if second is not None:
             second.shutdown()
