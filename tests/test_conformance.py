@@ -157,6 +157,7 @@ def test_restart_every_real_client_streams_again_with_default_reconnection(tmp_p
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            proc.stderr.close()
         first.shutdown()
         if second is not None:
             second.shutdown()
@@ -283,6 +284,26 @@ def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
         for server in servers_.values():
             server.shutdown()
             server.server_close()
+
+
+def test_why_the_drain_refuses_below_socket_io():
+    """The choice not taken: a Socket.IO connect error (what camstream answered while draining
+    before) makes JS 4.x give up at once, even from the reference server; it never retries."""
+    script = r"""
+const dir = process.argv[1];
+const { Server } = require(dir + "/node_modules/srv4");
+const io = new Server(Number(process.argv[2]));
+let tries = 0;
+io.use((socket, next) => { tries++; next(new Error("shutting down")); });
+const client = require(dir + "/node_modules/sio4")("http://127.0.0.1:" + process.argv[2],
+                                                   { transports: ["websocket"] });
+setTimeout(() => {
+  console.log(JSON.stringify({ tries, active: client.active })); process.exit(0);
+}, 3000);
+"""
+    run = subprocess.run(["node", "-e", script, str(JS_DIR), str(free_port())],
+                         capture_output=True, text=True, timeout=30)
+    assert json.loads(run.stdout) == {"tries": 1, "active": False}, (run.stdout, run.stderr)
 
 
 # -- shared daemons: camstream and the two reference servers, the same fractional heartbeat ----
