@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import fcntl
 import getpass
 import logging
 import os
@@ -15,7 +14,7 @@ import sys
 from pathlib import Path
 
 from camstream import __version__
-from camstream.config import Config, default_runtime_dir, default_users_file
+from camstream.config import Config, default_users_file
 
 
 class CliError(Exception):
@@ -56,6 +55,34 @@ def port_arg(text: str) -> int:
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
     return value
+
+
+def pixels_arg(text: str) -> int:
+    """A pixel count: 16000000, 16M, 12.5M or 4096x4096."""
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text.lower())
+    if m:
+        value = int(m.group(1)) * int(m.group(2))
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([km]?)p?\s*", text.lower())
+        if not m:
+            raise argparse.ArgumentTypeError(f"not a pixel count: {text!r} (e.g. 16M, "
+                                             "4096x4096, 12000000)")
+        value = int(float(m.group(1)) * {"": 1, "k": 1000, "m": 1000 ** 2}[m.group(2)])
+    if value < 1:
+        raise argparse.ArgumentTypeError("a pixel count must be positive")
+    return value
+
+
+def add_frame_limits(parser: argparse.ArgumentParser) -> None:
+    """What a worker spends on one frame at most (checked before and while decoding)."""
+    parser.add_argument("--max-pixels", type=pixels_arg, default="16M", metavar="N",
+                        help="largest frame decoded, read from its JPEG header before "
+                        "decoding (larger ones are counted as errors); e.g. 16M or 4096x4096 "
+                        "(default: 16M, more than any phone camera streams)")
+    parser.add_argument("--frame-timeout", type=positive_float, default=5.0,
+                        metavar="SECONDS", help="a worker still decoding and processing one "
+                        "frame after this long is replaced, and the frame counted as an error "
+                        "(default: %(default)s)")
 
 
 def positive_float(text: str) -> float:
@@ -133,6 +160,37 @@ def build_parser() -> Parser:
                        "refused with 'rate limited' (default: %(default)s)")
     serve.add_argument("--max-connections-per-ip", type=positive_int, default=32, metavar="N",
                        help="open connections one address may hold (default: %(default)s)")
+    serve.add_argument("--max-queued-bytes", type=size_arg, default="1MiB", metavar="SIZE",
+                       help="packets an Engine.IO 3 long-polling session may have waiting for "
+                       "its next poll; beyond it the session is closed (default: 1MiB)")
+    serve.add_argument("--max-incomplete-bytes", type=size_arg, default="64MiB",
+                       metavar="SIZE", help="bytes held, all connections together, for events "
+                       "whose binary attachments have not all arrived; one connection may "
+                       "hold one message's worth (default: 64MiB)")
+    serve.add_argument("--incomplete-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="an event still missing attachments this long "
+                       "closes its connection (default: %(default)s)")
+    serve.add_argument("--header-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to send a request's "
+                       "line and headers (default: %(default)s)")
+    serve.add_argument("--handshake-timeout", type=positive_float, default=10.0,
+                       metavar="SECONDS", help="time a connection has to finish the TLS "
+                       "handshake (default: %(default)s)")
+    serve.add_argument("--max-pending-connections", type=positive_int, default=512,
+                       metavar="N", help="connections that have not yet sent a whole request "
+                       "(handshake and headers); beyond it the oldest is closed "
+                       "(default: %(default)s)")
+    serve.add_argument("--metrics-token", default="", metavar="TOKEN",
+                       help="with -a: a caller of /healthz and /metrics sending 'Authorization: "
+                       "Bearer TOKEN' sees client names, as does one with HTTP basic auth of a "
+                       "user of the users file; others see totals only (put it in --config "
+                       "to keep it out of ps)")
+    serve.add_argument("--metrics-trust-loopback", action="store_true",
+                       help="with -a: callers of /healthz and /metrics on 127.0.0.0/8 or ::1 "
+                       "see client names without credentials")
+    serve.add_argument("--forget-clients-after", type=positive_float, default=600.0,
+                       metavar="SECONDS", help="a client name gone this long has its counters "
+                       "folded into /healthz's 'departed' totals (default: %(default)s)")
     serve.add_argument("--worker-timeout", type=positive_float, default=10.0,
                        metavar="SECONDS", help="a worker or ingest silent this long is "
                        "killed and replaced (default: %(default)s)")
@@ -163,6 +221,7 @@ def build_parser() -> Parser:
     serve.add_argument("--record-max-gb", type=positive_float, default=0.0, metavar="GB",
                        help="with --record: delete the oldest days beyond this size "
                        "(default: keep everything)")
+    add_frame_limits(serve)
     serve.add_argument("--emit-results", action="store_true",
                        help="send each processor result back to the client that sent the "
                        "frame, as a 'result' event")
@@ -239,9 +298,12 @@ def build_parser() -> Parser:
     status = verbs.add_parser("status", help="print a running daemon's counters",
                               description="Print the counters of a running daemon "
                               "(from its /healthz).")
-    status.add_argument("url", nargs="?", default="http://127.0.0.1:8080", type=server_url,
+    status.add_argument("url", nargs="?", default=None, type=server_url,
                         help="server URL, http(s)://HOST:PORT; HOST:PORT means http "
-                      "(default: %(default)s)")
+                        "(default: http://127.0.0.1:8080, or the --port)")
+    status.add_argument("-p", "--port", type=port_arg, default=8080,
+                        help="the port of a daemon on this machine, when no URL is given "
+                        "(default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
     add_tls_trust(status)
     status.set_defaults(run=run_status)
@@ -277,6 +339,16 @@ def build_parser() -> Parser:
                              "as a systemd service, with the paths of its unit files.")
     units.set_defaults(run=run_systemd)
 
+    reload = verbs.add_parser("reload", help="make a running daemon reload (systemctl reload "
+                              "runs this)", description="Send SIGHUP to the daemon whose "
+                              "supervisor is PID: it re-reads the users file (added users can "
+                              "log in, removed ones are disconnected) and applies workers and "
+                              "log-level from its configuration. The unit's ExecReload runs "
+                              "it, so that no /bin/kill is needed.")
+    reload.add_argument("pid", type=positive_int, metavar="PID",
+                        help="the supervisor's pid (systemd: $MAINPID)")
+    reload.set_defaults(run=run_reload)
+
     pool = verbs.add_parser("pool", help="run a worker pool that several ingest nodes feed",
                             description="Run workers and the bus for 'serve --ingest-only' "
                             "nodes on this or other machines: they connect to "
@@ -285,6 +357,7 @@ def build_parser() -> Parser:
     pool.add_argument("-w", "--workers", type=positive_int, default=os.cpu_count() or 1,
                       help="worker processes (default: the CPU count, %(default)s)")
     add_processor_arguments(pool)
+    add_frame_limits(pool)
     add_runtime_dir(pool)
     pool.add_argument("--log-level", default="info",
                       choices=["debug", "info", "warning", "error"],
@@ -301,6 +374,7 @@ def build_parser() -> Parser:
                               "on its bus, as its local workers do. Ctrl-C drains and stops.")
     add_tcp_arguments(worker, "worker")
     add_processor_arguments(worker)
+    add_frame_limits(worker)
     worker.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: %(default)s)")
@@ -400,8 +474,18 @@ def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an option for the processor; repeat for more")
 
 
+def require_opencv(gui: bool = False):
+    """``cv2`` for the verbs that need it, or one line saying which build to install."""
+    from camstream import opencv
+    try:
+        return opencv.require_gui() if gui else opencv.require()
+    except opencv.OpenCVUnusable as e:
+        raise CliError(str(e)) from None
+
+
 def checked_processor(args: argparse.Namespace) -> tuple:
     from workers.processors import load
+    require_opencv()
     options = tuple(tuple(pair) for pair in args.processor_options)
     try:
         load(args.processor, options)
@@ -436,9 +520,28 @@ def existing_file(text: str) -> str:
     return text
 
 
-def add_runtime_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime-dir", metavar="DIR", default=default_runtime_dir(),
-                        help="where the daemon's ipc sockets live (default: %(default)s)")
+def add_runtime_dir(parser: argparse.ArgumentParser, port: bool = False) -> None:
+    """``--runtime-dir``, whose default follows the port (:func:`runtime_dir_of`); with
+    ``port``, also the ``--port`` an attaching tool finds its daemon by."""
+    from camstream.rundir import default
+    if port:
+        parser.add_argument("-p", "--port", type=port_arg, default=8080,
+                            help="the daemon's port, which names its default runtime "
+                            "directory (default: %(default)s)")
+    parser.add_argument("--runtime-dir", metavar="DIR", default=None,
+                        help="where the daemon's ipc sockets live (default: one per port, "
+                        f"e.g. {default(8080)} for port 8080)")
+
+
+def runtime_dir_of(args: argparse.Namespace) -> str:
+    """``--runtime-dir`` as given, else the default for the daemon's port (a pool's: its
+    --worker-endpoint's)."""
+    from camstream.rundir import default
+    if args.runtime_dir:
+        return str(Path(args.runtime_dir).absolute())
+    if args.verb == "pool":
+        return default(f"pool-{args.worker_endpoint.rpartition(':')[2]}")
+    return default(args.port)
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -505,13 +608,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**tcp, ip=args.ip, port=args.port, auth=args.auth, display=args.display,
                   workers=0 if args.ingest_only else args.workers,
                   users_file=str(Path(args.users).absolute()),
-                  runtime_dir=str(Path(args.runtime_dir).absolute()),
+                  runtime_dir=runtime_dir_of(args),
                   log_level=args.log_level, max_frame_bytes=args.max_frame_size,
                   queue_depth=args.queue_depth, stop_timeout=args.stop_timeout,
                   processor=args.processor, processor_options=options,
                   record_dir=record_dir, record_max_gb=args.record_max_gb,
                   emit_results=args.emit_results, web=web, route=route, max_fps=args.max_fps,
                   max_connections_per_ip=args.max_connections_per_ip,
+                  max_pixels=args.max_pixels, frame_timeout=args.frame_timeout,
+                  max_queued_bytes=args.max_queued_bytes,
+                  max_incomplete_bytes=args.max_incomplete_bytes,
+                  incomplete_timeout=args.incomplete_timeout,
+                  header_timeout=args.header_timeout, handshake_timeout=args.handshake_timeout,
+                  max_pending_connections=args.max_pending_connections,
+                  metrics_token=args.metrics_token,
+                  metrics_trust_loopback=args.metrics_trust_loopback,
+                  forget_after=args.forget_clients_after,
                   worker_timeout=args.worker_timeout, ping_interval=args.ping_interval,
                   ping_timeout=args.ping_timeout,
                   certfile=str(Path(args.certfile).absolute()) if args.certfile else "",
@@ -535,33 +647,14 @@ def listen(ip: str, port: int) -> socket.socket:
     return sock
 
 
-IPC_PATH_MAX = 107  # bytes in an AF_UNIX socket path, on Linux (libzmq's ipc:// limit)
-
-
 def claim_runtime_dir(path: str) -> int:
-    """Create the runtime directory and lock it, so two daemons never share endpoints."""
+    """Create or check the runtime directory and lock it (camstream.rundir), or one line."""
     from camstream.bus import worker_frames
-    longest = os.path.join(path, worker_frames(9999))
-    if len(os.fsencode(longest)) > IPC_PATH_MAX:
-        raise CliError(f"runtime directory {path} is too long for ipc sockets (their paths "
-                       f"would reach {len(os.fsencode(longest))} bytes, at most "
-                       f"{IPC_PATH_MAX}): pass a shorter --runtime-dir")
+    from camstream.rundir import RuntimeDirError, claim
     try:
-        Path(path).mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(os.path.join(path, "serve.lock"), os.O_RDWR | os.O_CREAT, 0o640)
-    except OSError as e:
-        raise CliError(f"runtime directory {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.read(fd, 32).decode().strip() or "?"
-        raise CliError(f"another camstream serve (pid {pid}) is using the runtime directory "
-                       f"{path}; stop it or pass --runtime-dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    if not os.access(path, os.W_OK):
-        raise CliError(f"runtime directory {path} is not writable")
-    return fd
+        return claim(path, worker_frames(9999))
+    except RuntimeDirError as e:
+        raise CliError(str(e)) from None
 
 
 TRUE = {"1", "yes", "true", "on"}
@@ -644,7 +737,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "--display: no screen (DISPLAY and WAYLAND_DISPLAY are unset); serving without "
             "a display (camstream display --snapshot DIR works headless)")
         config = dataclasses.replace(config, display=False)
-    os.umask(0o007)  # endpoints readable by the service's group (a desktop display)
+    os.umask(0o007)  # recordings readable by the service's group (sockets: camstream.rundir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     if config.ingest_only:  # no workers here: they are a pool's
         from camstream.pool import IngestNode
@@ -658,10 +751,11 @@ def run_pool(args: argparse.Namespace) -> int:
     from camstream.pool import Pool
     from camstream.proc import setup_logging
 
-    config = Config(workers=args.workers, runtime_dir=str(Path(args.runtime_dir).absolute()),
+    config = Config(workers=args.workers, runtime_dir=runtime_dir_of(args),
                     log_level=args.log_level, processor=args.processor,
                     processor_options=checked_processor(args),
                     worker_timeout=args.worker_timeout, stop_timeout=args.stop_timeout,
+                    max_pixels=args.max_pixels, frame_timeout=args.frame_timeout,
                     **tcp_settings(args, "bind"))
     claim_runtime_dir(config.runtime_dir)
     import setproctitle
@@ -673,12 +767,13 @@ def run_pool(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from camstream.supervisor import WORKER_ENV
+    from camstream.supervisor import worker_env
     from workers.worker import run_standalone
 
-    os.environ.update(WORKER_ENV)  # OpenCV's pixel limit is read at the first decode
     config = Config(workers=1, log_level=args.log_level, processor=args.processor,
-                    processor_options=checked_processor(args), **tcp_settings(args, "connect"))
+                    processor_options=checked_processor(args), max_pixels=args.max_pixels,
+                    frame_timeout=args.frame_timeout, **tcp_settings(args, "connect"))
+    os.environ.update(worker_env(config))  # OpenCV's pixel limit is read at the first decode
     return run_standalone(config)
 
 
@@ -747,18 +842,30 @@ def ask_password(name: str, users_file: str) -> str:
 
 def run_send(args: argparse.Namespace) -> int:
     from camstream.client import send
+    if not Path(args.source).is_dir():  # a folder of JPEGs is sent as it is, without OpenCV
+        require_opencv()
     password = args.password or os.environ.get("CAMSTREAM_PASSWORD", "")
     return send(args, password)
 
 
 def run_status(args: argparse.Namespace) -> int:
     from camstream.client import print_status, tls_verify
-    return print_status(args.url, as_json=args.json, verify=tls_verify(args))
+    url = args.url or f"http://127.0.0.1:{args.port}"
+    return print_status(url, as_json=args.json, verify=tls_verify(args))
 
 
 def run_systemd(args: argparse.Namespace) -> int:
     from camstream.service import recipe
     print(recipe())
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    from camstream.service import ReloadError, reload
+    try:
+        reload(args.pid)
+    except ReloadError as e:
+        raise CliError(str(e)) from None
     return 0
 
 

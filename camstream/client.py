@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
 import requests
 import socketio
+
+# cv2 and numpy are imported by the frame sources that use them: status needs neither, and
+# must run where OpenCV is not installed or cannot load.
 
 
 # -- frame sources ------------------------------------------------------------------------------
@@ -41,6 +42,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthetic_frames(width: int, height: int, quality: int) -> Iterator[bytes]:
     """Frames a person can recognise: a moving square, a counter and the time."""
+    import cv2
+    import numpy as np
+
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.dstack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)),
                             np.full_like(xx, 96)]).astype(np.uint8)
@@ -76,6 +80,8 @@ def capture_frames(source: int | str, quality: int) -> Iterator[bytes]:
     """Frames of a video file or a camera, re-encoded as JPEG. The source is opened and its
     first frame read now, so that a file that is not a video, or a camera that is not there,
     is said before connecting."""
+    import cv2
+
     what = f"camera {source}" if isinstance(source, int) else str(source)
     with quiet_stderr():  # OpenCV's and FFmpeg's own complaints would bury our one line
         cap = cv2.VideoCapture(source)
@@ -104,6 +110,8 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def _captured(cap, first, quality: int) -> Iterator[bytes]:
+    import cv2
+
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     img = first
     try:
@@ -193,6 +201,8 @@ def send(args: argparse.Namespace, password: str) -> int:
     @sio.event
     def connect_error(data):
         login["error"] = data.get("message") if isinstance(data, dict) else str(data)
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            login["retry_in_s"] = data["data"].get("retry_in_s")
 
     tally = Tally()
     reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
@@ -215,7 +225,7 @@ def send(args: argparse.Namespace, password: str) -> int:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
         if login["error"] == "authentication failed":
-            print(refused_login(args), file=sys.stderr)
+            print(refused_login(args, login.get("retry_in_s")), file=sys.stderr)
             return 1
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
@@ -272,7 +282,13 @@ NO_RESULTS = ("camstream send: no results come back: the daemon sends them only 
               "runs with --emit-results")
 
 
-def refused_login(args: argparse.Namespace) -> str:
+def refused_login(args: argparse.Namespace, retry_in_s: float | None = None) -> str:
+    """The line for a refused login; with the wait the daemon told (connect-time auth), when
+    the next try will be checked at all."""
+    if isinstance(retry_in_s, (int, float)) and retry_in_s > 0:
+        return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
+                f"user name or password, or a try too soon after one; next try in "
+                f"{retry_in_s:g} s (the wait doubles with each failure, up to a minute)")
     return (f"camstream send: login refused for {args.username!r} at {args.url}: a wrong "
             "user name or password, or a try too soon after one (after failed logins the "
             "daemon refuses that name from this address for 0.5 s, doubling up to a minute)")
@@ -378,7 +394,8 @@ def workers_line(w: dict) -> str:
     remote_alive = sum(1 for r in remote if r["alive"])
     local_alive = w["alive"] - remote_alive
     if w.get("expected") is None:
-        text = "workers: no pool has reported yet"
+        text = (f"workers: the pool at {w['pool']} is missing" if w.get("pool")
+                else "workers: no pool has reported yet")
     else:
         text = (f"workers: {local_alive} of {w['expected']} alive here "
                 f"({w['restarts']} restarts)")
@@ -392,6 +409,8 @@ def workers_line(w: dict) -> str:
 def format_health(health: dict) -> str:
     lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
              f"ingest restarts {health['ingest']['restarts']}"]
+    if health.get("reasons"):  # /healthz status "degraded"
+        lines.append(f"degraded: {'; '.join(health['reasons'])}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)
@@ -473,6 +492,15 @@ def demo(args: argparse.Namespace) -> int:
             sent = send(send_args, "")
             time.sleep(1.5)  # processed counts arrive twice a second
             print_status(url)
+            row = (client_counts(url, "demo", True) or {}) if not sent else {}
+            if row.get("processed"):
+                print(f"camstream demo: {row['processed']} of {row['received']} frames "
+                      "processed. Next: 'camstream serve' on the lab machine, and the app "
+                      "pointed at it (README: Connect the Android app)", file=sys.stderr)
+            elif not sent:
+                print("camstream demo: no frame was processed (see the lines above)",
+                      file=sys.stderr)
+                sent = 1
         except KeyboardInterrupt:
             pass
         finally:

@@ -36,6 +36,18 @@ class Config:
     worker_timeout: float = 10.0
     max_fps: float = 100.0
     max_connections_per_ip: int = 32
+    max_pixels: int = 16_000_000    # --max-pixels: a larger frame (from its header) is an error
+    frame_timeout: float = 5.0      # --frame-timeout: a worker stuck on a frame longer is replaced
+    # limits on what one hostile client can make ingest hold (camstream.limits)
+    max_queued_bytes: int = 1 * MiB        # one Engine.IO 3 session's packets awaiting a poll
+    max_incomplete_bytes: int = 64 * MiB   # all events still awaiting binary attachments
+    incomplete_timeout: float = 10.0       # seconds an event may await its attachments
+    header_timeout: float = 10.0           # seconds to send a request's line and headers
+    handshake_timeout: float = 10.0        # seconds to finish a TLS handshake
+    max_pending_connections: int = 512     # connections not yet requests (oldest closed)
+    metrics_token: str = ""                # -a: a bearer token that sees client names
+    metrics_trust_loopback: bool = False   # -a: loopback callers see client names
+    forget_after: float = 600.0            # seconds after a client name left: folded
     certfile: str = ""
     keyfile: str = ""
     processor: str = "stats"
@@ -60,15 +72,6 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls(**json.loads(text))
-
-
-def default_runtime_dir() -> str:
-    """Where the ipc endpoints live: systemd's RuntimeDirectory, else a per-user directory."""
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return os.environ["RUNTIME_DIRECTORY"].split(":")[0]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return str(Path(os.environ["XDG_RUNTIME_DIR"]) / "camstream")
-    return f"/tmp/camstream-{os.getuid()}"
 
 
 def default_users_file() -> str:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream import subscribe
-from camstream.cli import CliError, add_runtime_dir, positive_float
+from camstream.cli import (CliError, add_runtime_dir, positive_float, require_opencv,
+                           runtime_dir_of)
 from camstream.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ SNAPSHOT_EVERY = 1.0    # seconds between snapshot writes
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``display`` verb's flags (registered by camstream.cli)."""
-    add_runtime_dir(parser)
+    add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME",
                         help="show only this client's stream (default: every client)")
     parser.add_argument("--processed", action="store_true",
@@ -82,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
             check_name(args.client)
         except UsersError as e:
             raise CliError(f"--client: {e}") from None
+    args.runtime_dir = runtime_dir_of(args)
     check_daemon(args.runtime_dir)
+    require_opencv(gui=not args.snapshot)
     if args.snapshot:
         try:
             Path(args.snapshot).mkdir(parents=True, exist_ok=True)

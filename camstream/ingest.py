@@ -11,9 +11,15 @@ would otherwise keep the loop to itself.
 """
 from __future__ import annotations
 
+import base64
+import hmac
+import ipaddress
+import itertools
 import json
 import logging
+import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -27,14 +33,19 @@ import prometheus_client
 import socketio
 import zmq as zmq_plain
 import zmq.green as zmq
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, camerapage, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, camerapage, httpguard, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
-from camstream.limits import ConnectionCount, FrameRate, LoginThrottle
+from camstream.limits import (
+    ConnectionCount,
+    FrameRate,
+    IncompleteEvents,
+    LoginThrottle,
+    transport_cap,
+)
 from camstream.routing import Router
+from camstream.rundir import RuntimeDirError
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
@@ -46,12 +57,18 @@ RESULT_ERRORS_LOGGED: set[type] = set()  # --emit-results: kinds of failure logg
 
 
 class Conn:
-    """One client connection, whichever protocol revision it speaks."""
+    """One client connection, whichever protocol revision it speaks.
 
-    __slots__ = ("sid", "address", "name", "counts", "emit", "disconnect", "logged", "rate")
+    ``sid`` is the transport's session id: with long polling, it is the connection's only
+    credential, so it never leaves ingest (not in a log line at INFO, not on the bus).
+    ``number`` names the connection everywhere else."""
+
+    __slots__ = ("sid", "number", "address", "name", "counts", "emit", "disconnect", "logged",
+                 "rate")
 
     def __init__(self, sid: str, address: str, emit, disconnect) -> None:
         self.sid = sid
+        self.number = "?"  # given by Ingest.connect
         self.address = address
         self.name: str | None = None
         self.counts: ClientCounts | None = None
@@ -59,6 +76,11 @@ class Conn:
         self.disconnect = disconnect  # disconnect() this client
         self.logged: set[str] = set()
         self.rate: FrameRate | None = None
+
+    @property
+    def label(self) -> str:
+        """How log lines name the connection."""
+        return f"connection {self.number} from {self.address}"
 
 
 class Ingest:
@@ -70,17 +92,25 @@ class Ingest:
         self.users = users
         self.ledger = Ledger(restarted)
         self.ledger.own_clients_only = config.ingest_only
+        self.ledger.forget_after = config.forget_after
         if not config.ingest_only:  # the pool's count comes with its first report
             self.ledger.workers_configured = config.workers
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
         self.conns: dict[str, Conn] = {}
+        self.numbered: dict[str, Conn] = {}  # the same, by connection number
+        self.numbers = itertools.count(1)
         self.connections = ConnectionCount(config.max_connections_per_ip)
         self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
         self.throttle = LoginThrottle()
+        self.on_heartbeat: list = []  # what else runs twice a second
+        self.incomplete = IncompleteEvents(transport_cap(config.max_frame_bytes),
+                                           config.max_incomplete_bytes,
+                                           config.incomplete_timeout)
         self.serving = False
         self.draining = False
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
         offer, self.to = bus.offered(config), bus.reached(config)
+        self.binds = bus.IpcBinds()  # checked by the heartbeat: a removed file is bound again
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
         if config.route == "client":  # one pipeline per local worker (camstream.routing)
             self.frames_push = None
@@ -88,18 +118,27 @@ class Ingest:
             self.ledger.owners = router.owner  # shown in /healthz
         else:
             self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
-                                               offer=offer, to=self.to)
+                                               offer=offer, to=self.to, binds=self.binds)
             router = None
         # PUB never blocks and stats are polled: plain sockets, without gevent's wake-ups
         plain = zmq_plain.Context.shadow(ctx.underlying)
-        self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to)
+        # an ingest node also publishes on its supervisor's local bus: its heartbeat does not
+        # depend on the pool being there
+        self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to,
+                                   local=config.ingest_only)
         self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000,
-                                     to=self.to)
+                                     to=self.to, local=config.ingest_only)
+        if config.ingest_only:
+            self.ledger.pool_endpoint = config.worker_endpoint
+        self.pool_was_missing = False
         self.dispatcher = Dispatcher(
             self.frames_push, self.bus_pub, config.queue_depth, router=router,
-            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm))
+            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm,
+                                                  self.binds))
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
+        self.anonymous_registry = prometheus_client.CollectorRegistry()  # no client names
+        self.anonymous_registry.register(LedgerCollector(self.ledger, names=False))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -112,18 +151,21 @@ class Ingest:
                 log.warning("refusing connections from %s: it has %d open "
                             "(--max-connections-per-ip)", conn.address, self.connections.limit)
             return False
+        conn.number = str(next(self.numbers))
         self.conns[conn.sid] = conn
-        log.info("connection %s from %s", conn.sid, conn.address)
+        self.numbered[conn.number] = conn
+        log.info("%s", conn.label)
+        log.debug("connection %s is transport session %s", conn.number, conn.sid)
         return True
 
     def disconnect(self, conn: Conn, reason: str = "") -> None:
         if self.conns.pop(conn.sid, None) is None:
             return
+        self.numbered.pop(conn.number, None)
         self.connections.release(conn.address)
         if conn.name:
             self._leave(conn)
-        log.info("connection %s from %s closed%s", conn.sid, conn.address,
-                 f" ({reason})" if reason else "")
+        log.info("%s closed%s", conn.label, f" ({reason})" if reason else "")
 
     def login(self, conn: Conn, username, password) -> bool:
         """Check credentials (any, without --auth) and attach the connection to its stream."""
@@ -132,18 +174,8 @@ class Ingest:
         except UsersError as e:
             log.warning("login refused from %s: %s", conn.address, e)
             return False
-        if self.config.auth:
-            wait = self.throttle.wait(conn.address, name)
-            if wait:
-                log.warning("login refused for user %r from %s: too many failed logins, "
-                            "next try in %.1f s", name, conn.address, wait)
-                return False
-            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
-            if not ok:
-                self.throttle.failed(conn.address, name)
-                log.warning("login failed for user %r from %s", name, conn.address)
-                return False
-            self.throttle.succeeded(conn.address, name)
+        if self.config.auth and not self.check_password(conn.address, name, password):
+            return False
         if conn.sid not in self.conns:  # it left while the password was being checked
             return False
         if conn.name:
@@ -151,16 +183,42 @@ class Ingest:
         conn.name = name
         conn.counts = self.ledger.client(name)
         conn.rate = FrameRate(self.config.max_fps)
-        self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
-        self.dispatcher.open(conn.sid, name, conn.counts)
+        self.ledger.joined(name)
+        self.dispatcher.open(conn.number, name, conn.counts)
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
-        log.info("%s logged in as %r from %s", conn.sid, name, conn.address)
+        log.info("%s logged in as %r", conn.label, name)
         return True
 
+    def login_wait(self, address: str, username) -> float:
+        """Seconds before a login from ``address`` as ``username`` is checked again (0 without
+        --auth, where nothing is throttled)."""
+        if not self.config.auth:
+            return 0.0
+        return math.ceil(self.throttle.wait(address, str(username)) * 10) / 10
+
+    def check_password(self, address: str, name: str, password) -> bool:
+        """The users file's verdict, through the login throttle (camstream.limits): the
+        attempt is counted before the password is hashed (in the hub's thread pool)."""
+        refused, slow = self.throttle.begin(address, name)
+        if refused:
+            self.ledger.limit_hits["login_throttled"] += 1
+            log.warning("login refused for user %r from %s: too many failed logins, "
+                        "next try in %.1f s", name, address, refused)
+            return False
+        ok = False
+        try:
+            if slow:
+                gevent.sleep(slow)  # failures for this name from anywhere: slowed, not refused
+            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
+        finally:
+            self.throttle.end(address, name, ok)
+        if not ok:
+            log.warning("login failed for user %r from %s", name, address)
+        return ok
+
     def _leave(self, conn: Conn) -> None:
-        self.dispatcher.close(conn.sid)
-        left = self.ledger.connected.get(conn.name, 1) - 1
-        self.ledger.connected[conn.name] = left
+        self.dispatcher.close(conn.number)
+        left = self.ledger.left(conn.name)
         if not left:
             self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
         conn.name = None
@@ -194,8 +252,8 @@ class Ingest:
                                conn.name or conn.address, reason)
                 return {"accepted": False, "seq": seq, "reason": reason}
             jpeg = args[-1]
-            header = wire.Header(conn.name, conn.sid, seq, time.time_ns(), len(jpeg)).pack()
-            self.dispatcher.offer(conn.sid, header, jpeg, seq)
+            header = wire.Header(conn.name, conn.number, seq, time.time_ns(), len(jpeg)).pack()
+            self.dispatcher.offer(conn.number, header, jpeg, seq)
             return {"accepted": True, "seq": seq, "dropped": counts.dropped}
         finally:
             gevent.sleep(0)
@@ -266,7 +324,7 @@ class Ingest:
                         and report.get("host", proc.HOST) == proc.HOST:  # a shared bus
                     self.ledger.supervisor = report
                 elif report.get("role") == "pool":
-                    self.ledger.pool = report
+                    self.ledger.pool_report(report)
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
@@ -280,7 +338,7 @@ class Ingest:
             parts = sub.recv_multipart(copy=False)
             try:
                 header = wire.Header.unpack(parts[1].buffer)
-                conn = self.conns.get(header.session)
+                conn = self.numbered.get(header.session)
                 if conn is not None and conn.name == header.client:
                     conn.emit("result", json.loads(parts[2].bytes))
             except Exception as e:  # a bad message or a closing connection: skip it
@@ -292,11 +350,39 @@ class Ingest:
             if handled % 16 == 0:
                 gevent.sleep(0)  # recv does not yield while results are waiting
 
+    def check_endpoints(self) -> None:
+        """The pipeline's socket files: one removed is bound again; one that cannot be is a
+        reason for /healthz to say degraded (and a log line)."""
+        try:
+            self.binds.rebind()
+            self.ledger.problems.pop("ipc", None)
+        except (zmq.ZMQError, OSError, RuntimeDirError) as e:
+            if "ipc" not in self.ledger.problems:
+                log.error("cannot bind the frame pipeline's ipc endpoint again: %s", e)
+            self.ledger.problems["ipc"] = f"frame pipeline endpoint gone and not rebound: {e}"
+
+    def check_pool(self) -> None:
+        """--ingest-only: say when the pool goes missing and when it is back. A missing pool
+        is not a hung ingest: clients stay connected, their frames are dropped and counted."""
+        missing = self.ledger.pool_missing_s() is not None
+        if missing and not self.pool_was_missing:
+            log.warning("waiting for the pool at %s (nothing heard from it for %.0f s: "
+                        "'camstream pool' stopped, or unreachable); clients stay connected, "
+                        "their frames are dropped and counted meanwhile",
+                        self.config.worker_endpoint, self.ledger.pool_missing_s())
+        elif self.pool_was_missing and not missing:
+            log.info("the pool at %s answers again", self.config.worker_endpoint)
+        self.pool_was_missing = missing
+
     def heartbeat(self) -> None:
         """Publish ingest's totals; the supervisor takes them as proof that ingest answers."""
         while True:
             self.read_stats()
+            self.check_endpoints()
+            self.check_pool()
             self.ledger.checkpoint()
+            for task in self.on_heartbeat:
+                task()
             if self.dispatcher.router:
                 self.dispatcher.check()
             health = self.ledger.health()
@@ -310,15 +396,45 @@ class Ingest:
 
     # -- HTTP --------------------------------------------------------------------------------
 
+    def may_see_names(self, environ) -> bool:
+        """Under -a, client names (user names: an attacker's list of whom to guess) are for
+        callers who prove who they are: HTTP basic auth of a user of the users file (through
+        the login throttle), ``Authorization: Bearer`` --metrics-token, or a loopback
+        address with --metrics-trust-loopback. Without -a names are not secrets."""
+        if not self.config.auth:
+            return True
+        address = environ.get("REMOTE_ADDR", "?")
+        if self.config.metrics_trust_loopback:
+            try:
+                if ipaddress.ip_address(address).is_loopback:
+                    return True
+            except ValueError:
+                pass
+        kind, _, credentials = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if kind.lower() == "bearer" and self.config.metrics_token:
+            return hmac.compare_digest(credentials.strip().encode(),
+                                       self.config.metrics_token.encode())
+        if kind.lower() == "basic":
+            try:
+                name, _, password = base64.b64decode(credentials.strip(), validate=True) \
+                    .decode("utf-8").partition(":")
+                name = check_name(name)
+            except (ValueError, UsersError):
+                return False
+            return self.check_password(address, name, password)
+        return False
+
     def http_app(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/metrics"):
             self.read_stats()
+        names = path in ("/healthz", "/metrics") and self.may_see_names(environ)
         if path == "/healthz":
-            body = json.dumps(self.ledger.health(), indent=1).encode()
+            body = json.dumps(self.ledger.health(names), indent=1).encode()
             ctype = "application/json"
         elif path == "/metrics":
-            body = prometheus_client.generate_latest(self.registry)
+            body = prometheus_client.generate_latest(
+                self.registry if names else self.anonymous_registry)
             ctype = prometheus_client.CONTENT_TYPE_LATEST
         elif path == "/":
             body = b"camstream is running: see /healthz and /metrics\n"
@@ -368,8 +484,11 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
         # third); only beyond that does the transport drop the connection
-        max_http_buffer_size=int(config.max_frame_bytes * 1.5) + 65536,
+        max_http_buffer_size=transport_cap(config.max_frame_bytes),
         serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
+    sio.incomplete = ingest.incomplete  # bytes held for events awaiting attachments
+    sio.hits = ingest.ledger.limit_hits
+    ingest.on_heartbeat.append(sio.expire_incomplete)
 
     @sio.event
     def connect(sid, environ, auth=None):
@@ -381,10 +500,14 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
                     lambda: sio.disconnect(sid))
         if not ingest.connect(conn):
             raise socketio.exceptions.ConnectionRefusedError("too many connections")
+        environ["camstream.connection"] = conn.label  # for sioserver's log lines
         if isinstance(auth, dict) and "username" in auth:
             if not ingest.login(conn, auth.get("username"), auth.get("password")):
                 ingest.disconnect(conn, "login failed")
-                raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+                # the wait the throttle now imposes, as the error's data (err.data in JS):
+                # a client can say when to try again instead of hammering
+                raise socketio.exceptions.ConnectionRefusedError("authentication failed", {
+                    "retry_in_s": ingest.login_wait(conn.address, auth.get("username"))})
 
     @sio.event
     def disconnect(sid, reason=None):
@@ -423,17 +546,18 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
 
 def refuse_handshakes_while(draining, app):
-    """While ingest drains (SIGTERM), a new session is refused with ``503`` and the HTTP
-    connection closed. New TCP connections are already refused (the listening socket is
-    closed); this is for a client whose keep-alive connection is still open. Every socket.io
-    client retries after a 503; a Socket.IO connect error would tell it to give up."""
+    """While ingest drains (SIGTERM), a new session is refused with ``503`` (and the HTTP
+    connection closed: :class:`Handler`). New TCP connections are already refused (the
+    listening socket is closed); this is for a client whose keep-alive connection is still
+    open. Every socket.io client retries after a 503 (tests/test_conformance.py); a Socket.IO
+    connect error would tell JS 4.x to give up."""
     def middleware(environ, start_response):
         if draining() and environ.get("PATH_INFO", "").startswith("/socket.io") and \
                 "sid=" not in environ.get("QUERY_STRING", ""):
             body = b"camstream is stopping: try again in a moment\n"
-            start_response("503 Service Unavailable", [
+            start_response("503 Service Unavailable", [  # Handler adds Connection: close
                 ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
-                ("Retry-After", "1"), ("Connection", "close")])
+                ("Retry-After", "1")])
             return [body]
         return app(environ, start_response)
     return middleware
@@ -446,21 +570,23 @@ def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
     return sio.eio.drop_all() + old.drop_all()
 
 
-class Handler(WebSocketHandler):
-    """gevent-websocket's request handler, saying ``Connection: close`` on a refused websocket
-    upgrade (426, 400), after which it closes the connection: unsaid, an HTTP client that
-    keeps connections alive (node-fetch on Node 20) sends its next request into the closed
-    socket and gets "socket hang up"."""
+class Handler(httpguard.GuardedHandler):
+    """gevent-websocket's request handler, closing the connection after a refused websocket
+    upgrade (426, 400) and a 503 (the drain), and saying so (``Connection: close``, a header
+    WSGI apps may not set). gevent-websocket closed after a refused upgrade without saying it:
+    an HTTP client that keeps connections alive (node-fetch on Node 20) then sent its next
+    request into the closed socket and got "socket hang up"."""
 
     def start_response(self, status, headers, exc_info=None):
-        if not status.startswith("101") and \
-                self.environ.get("HTTP_UPGRADE", "").lower() == "websocket" and \
+        refused_upgrade = not status.startswith("101") and \
+            self.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if (refused_upgrade or status.startswith("503")) and \
                 not any(name.lower() == "connection" for name, _ in headers):
             headers = [*headers, ("Connection", "close")]
         return super().start_response(status, headers, exc_info)
 
 
-class Server(WSGIServer):
+class Server(httpguard.GuardedServer):
     """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
     port, a port scanner) one log line at most every ten seconds, not a traceback each; and
     each connection without Nagle's delay (TCP_NODELAY, as Node's http server): pywsgi writes
@@ -489,6 +615,17 @@ class Server(WSGIServer):
                             "most every 10 s)", address[0], getattr(e, "reason", None) or e)
 
 
+def raise_file_limit() -> None:
+    """Each connection is a file descriptor: take the hard limit (a unit's LimitNOFILE=)
+    rather than the soft one a shell leaves (often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
+
+
 def main() -> int:
     config = proc.child_start("ingest")
     listener = gevent.socket.socket(fileno=int(sys.argv[2]))  # the supervisor's, inherited
@@ -497,16 +634,22 @@ def main() -> int:
     except UsersError as e:
         log.error("%s", e)
         return 2
-    wsfast.install()
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
+    # websocket messages bounded before their payload is read (counted in /healthz limits)
+    wsfast.install(transport_cap(config.max_frame_bytes), ingest.ledger.limit_hits)
     sio = socketio_server(ingest, config)
     old = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)
     app = refuse_handshakes_while(lambda: ingest.draining, app)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = Server(listener, app, handler_class=Handler, log=None,
-                        error_log=logging.getLogger("camstream.http"), **tls)
+                    error_log=logging.getLogger("camstream.http"),
+                    header_timeout=config.header_timeout,
+                    handshake_timeout=config.handshake_timeout,
+                    max_pending=config.max_pending_connections, hits=ingest.ledger.limit_hits,
+                    **tls)
+    raise_file_limit()
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")
     if config.log_level != "debug":

@@ -73,12 +73,16 @@ from socketio.packet import (
     Packet,
 )
 
+from camstream.limits import transport_cap
+from camstream.wsfast import CLOSE_TOO_BIG, MessageTooBig, check_length, close_with
+
 log = logging.getLogger("camstream.legacy")
 
 MAX_ATTACHMENTS = 8         # binary attachments of one Socket.IO packet
 MAX_PAYLOAD_PACKETS = 256   # Engine.IO packets in one polling payload
 UPGRADE_TIMEOUT = 10.0      # seconds from websocket probe to upgrade (as engine.io 3)
 CLOSED_GRACE = 5.0          # seconds a closed polling session waits for its last poll
+MAX_PING_DATA = 64          # characters of a ping's data (clients send none, or "probe")
 TEXT_TYPE = "text/plain; charset=UTF-8"
 BINARY_TYPE = "application/octet-stream"
 
@@ -296,6 +300,7 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
             raise ProtocolError("websocket frame with reserved bits set (no extension agreed)")
         op = header.opcode
         if op >= 8:
+            check_length(header, 0, limit)  # a control frame: 125 bytes at most
             payload = ws.raw_read(header.length) if header.length else b""
             if header.mask and payload:
                 payload = header.unmask_payload(payload)
@@ -314,9 +319,8 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
             opcode = op
         elif op != WebSocket.OPCODE_CONTINUATION or opcode is None:
             raise ProtocolError(f"unexpected websocket opcode {op}")
+        check_length(header, size, limit)  # MessageTooBig, before the payload is read
         size += header.length
-        if size > limit:
-            raise ProtocolError(f"message of {size}+ bytes exceeds the limit of {limit}")
         payload = ws.raw_read(header.length) if header.length else b""
         if len(payload) != header.length:
             raise WebSocketError("unexpected EOF in a websocket frame")
@@ -338,6 +342,21 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
 
 # -- sessions ----------------------------------------------------------------------------------
 
+class OutgoingQueue(gevent.queue.Queue):
+    """A session's packets awaiting a poll, ``(type, data)``, with their bytes counted."""
+
+    nbytes = 0
+
+    def _put(self, item) -> None:
+        self.nbytes += len(item[1] or "")
+        super()._put(item)
+
+    def _get(self):
+        item = super()._get()
+        self.nbytes -= len(item[1] or "")
+        return item
+
+
 class Session:
     """One Engine.IO 3 client: its transport (long polling, then maybe a websocket), its
     heartbeat clock, the Socket.IO packet awaiting attachments, and its ``Conn``."""
@@ -348,7 +367,7 @@ class Session:
         self.sid = sid
         self.address = address
         self.b64 = b64
-        self.queue: gevent.queue.Queue = gevent.queue.Queue()  # (type, data) for the next poll
+        self.queue = OutgoingQueue()  # (type, data) for the next poll
         self.ws: WebSocket | None = None
         self.lock = gevent.lock.Semaphore()  # one writer at a time on the websocket
         self.reader: gevent.Greenlet | None = None
@@ -369,6 +388,8 @@ class Session:
             return
         if self.ws is None:
             self.queue.put((ptype, data))
+            if self.queue.nbytes > self.server.max_queued:  # a client that does not poll
+                self.overflow()
             return
         try:
             with self.lock:
@@ -407,9 +428,18 @@ class Session:
     # -- closing ----------------------------------------------------------------------------
 
     def protocol_error(self, reason: str) -> None:
-        log.warning("legacy client %s (%s): protocol error, closing: %s", self.sid,
-                    self.address, reason)
+        log.warning("legacy %s: protocol error, closing: %s", self.conn.label, reason)
         self.close(f"protocol error: {reason}")
+
+    def overflow(self) -> None:
+        """More than --max-queued-bytes awaits a poll: what waits is dropped, the session
+        closed (its next poll gets the close packet)."""
+        size = self.queue.nbytes
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.server.ingest.ledger.limit_hits["outgoing_queue"] += 1
+        self.protocol_error(f"{size} bytes waiting for a poll (--max-queued-bytes "
+                            f"{self.server.max_queued})")
 
     def close(self, reason: str, goodbye: bool = True) -> None:
         """Close once, whoever asks: tell ingest, then end the transport. With ``goodbye`` a
@@ -421,13 +451,15 @@ class Session:
         if self.ws is None:
             self.queue.put((CLOSE, None) if goodbye else (NOOP, None))
         self.closed = True
+        self.pending = None
+        self.server.ingest.incomplete.done(("eio3", self.sid))
         self.closed_at = time.monotonic()
         if self.ws is not None or not goodbye:
             self.server.sessions.pop(self.sid, None)
         try:
             self.server.ingest.disconnect(self.conn, reason)
         except Exception:
-            log.exception("legacy client %s: ingest.disconnect failed", self.sid)
+            log.exception("legacy %s: ingest.disconnect failed", self.conn.label)
         if self.ws is not None:
             self._close_ws(self.ws, self.reader)
 
@@ -454,6 +486,9 @@ class Session:
         if ptype == MESSAGE:
             self.on_message(data)
         elif ptype == PING:
+            if data and len(data) > MAX_PING_DATA:
+                self.server.ingest.ledger.limit_hits["ping_too_big"] += 1
+                raise ProtocolError(f"a ping of {len(data)} bytes (at most {MAX_PING_DATA})")
             self.send(PONG, data or None)
         elif ptype == CLOSE:
             self.close("client disconnect", goodbye=False)
@@ -464,8 +499,14 @@ class Session:
         if self.pending is not None:
             if isinstance(data, str):
                 raise ProtocolError("text message while a binary attachment was expected")
+            budget = self.server.ingest.incomplete
+            reason = budget.add(("eio3", self.sid), len(data))
+            if reason:
+                self.server.ingest.ledger.limit_hits["incomplete_bytes"] += 1
+                raise ProtocolError(reason)
             if add_attachment(self.pending, data):
                 pkt, self.pending = self.pending, None
+                budget.done(("eio3", self.sid))
                 self.on_sio(pkt)
             return
         if not isinstance(data, str):
@@ -473,6 +514,7 @@ class Session:
         pkt = decode_sio(data)
         if pkt.attachment_count:
             self.pending = pkt
+            self.server.ingest.incomplete.start(("eio3", self.sid))  # --incomplete-timeout
         else:
             self.on_sio(pkt)
 
@@ -497,12 +539,13 @@ class Session:
             raise ProtocolError(f"unexpected socket.io packet type {kind}")
 
     def rejoin(self) -> None:
-        """A CONNECT after the client left the namespace: joined again, as a new login."""
+        """A CONNECT after the client left the namespace: joined again (it must log in again).
+        Unanswered, as socket.io 2 does for the default namespace (its ``40`` went with the
+        handshake)."""
         if self.server.ingest.connect(self.conn) is False:
             self.send_sio(Packet(CONNECT_ERROR, data="connection refused"))
             return
         self.joined = True
-        self.send_sio(Packet(CONNECT))
 
     def on_event(self, pkt: Packet) -> None:
         """Dispatch by event name exactly as ``ingest.socketio_server`` does."""
@@ -535,15 +578,17 @@ class LegacyServer:
     :param ping_interval: seconds between the client's pings, announced at the handshake.
     :param ping_timeout: seconds more of silence before a client is dropped.
     :param max_message: largest message (websocket message or polling body), in bytes.
+    :param max_queued: bytes a session may have waiting for a poll before it is closed.
     """
 
     def __init__(self, app, ingest, ping_interval: float, ping_timeout: float,
-                 max_message: int, path: str = "/socket.io") -> None:
+                 max_message: int, path: str = "/socket.io", max_queued: int = 1 << 20) -> None:
         self.app = app
         self.ingest = ingest
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_message = max_message
+        self.max_queued = max_queued
         self.path = path
         self.sessions: dict[str, Session] = {}
         self.sweeper = gevent.spawn(self.sweep)
@@ -699,7 +744,7 @@ class LegacyServer:
                 session.protocol_error(str(e))
                 return self.error(start_response, environ, 3, "Bad request")
             except Exception:
-                log.exception("legacy client %s: error handling a packet", session.sid)
+                log.exception("legacy %s: error handling a packet", session.conn.label)
                 session.close("internal error")
                 return self.error(start_response, environ, 3, "Bad request")
         finally:
@@ -722,8 +767,8 @@ class LegacyServer:
                 session.queue.put((NOOP, None))  # the client pauses polling: let it finish
                 if read_ws_message(ws, 64, session.lock) != "5":
                     raise ProtocolError("websocket probe not followed by upgrade")
-        except (gevent.Timeout, ProtocolError, WebSocketError, OSError) as e:
-            log.info("legacy client %s: websocket upgrade abandoned: %s", session.sid,
+        except (gevent.Timeout, ProtocolError, MessageTooBig, WebSocketError, OSError) as e:
+            log.info("legacy %s: websocket upgrade abandoned: %s", session.conn.label,
                      e or "timeout")
             session.upgrading = False
             Session._close_ws(ws, None)
@@ -775,12 +820,18 @@ class LegacyServer:
         except ProtocolError as e:
             if not session.closed:
                 session.protocol_error(str(e))
+        except MessageTooBig as e:  # its payload unread: 1009, then the session closes
+            self.ingest.ledger.limit_hits["message_too_big"] += 1
+            if not session.closed:
+                with gevent.Timeout(1.0, False), session.lock:
+                    close_with(ws, CLOSE_TOO_BIG, b"message too big")
+                session.protocol_error(str(e))
         except Exception as e:  # EOF, reset, or the socket shut down by close()
             if not session.closed:
                 if isinstance(e, (OSError, WebSocketError)):
                     reason = f"transport error: {e or type(e).__name__}"
                 else:
-                    log.exception("legacy client %s: error handling a packet", session.sid)
+                    log.exception("legacy %s: error handling a packet", session.conn.label)
                     reason = "internal error"
         finally:
             session.close(reason)
@@ -789,18 +840,30 @@ class LegacyServer:
     # -- heartbeats -------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Drop clients silent for pingInterval + pingTimeout; forget closed sessions."""
+        """Drop clients silent for pingInterval + pingTimeout, on time (the reference's timer
+        fires then; a fixed sweep was up to a period late); forget closed sessions. It wakes
+        at the first deadline, which clients that ping keep moving on: rarely, with a bound."""
         limit = self.ping_interval + self.ping_timeout
         period = min(1.0, limit / 5)
         while True:
-            gevent.sleep(period)
             now = time.monotonic()
+            for _, sid in self.ingest.incomplete.expired("eio3"):  # awaited attachments too long
+                self.ingest.incomplete.done(("eio3", sid))
+                session = self.sessions.get(sid)
+                if session is not None and not session.closed:
+                    self.ingest.ledger.limit_hits["incomplete_timeout"] += 1
+                    gevent.spawn(session.protocol_error, "an event awaited its attachments over "
+                                 f"{self.ingest.incomplete.timeout:g} s (--incomplete-timeout)")
+            wake = now + period
             for session in list(self.sessions.values()):
                 if session.closed:
                     if now - session.closed_at > CLOSED_GRACE:
                         self.sessions.pop(session.sid, None)
-                elif now - session.last_seen > limit:
+                elif now - session.last_seen >= limit:
                     gevent.spawn(session.close, f"ping timeout ({limit:g} s without a packet)")
+                else:
+                    wake = min(wake, session.last_seen + limit)
+            gevent.sleep(max(0.002, wake - time.monotonic()))
 
     # -- HTTP helpers -----------------------------------------------------------------------
 
@@ -825,4 +888,5 @@ class LegacyServer:
 def wrap(app, ingest, config):
     """Route ``EIO=3`` requests to the legacy revision; everything else goes to ``app``."""
     return LegacyServer(app, ingest, config.ping_interval, config.ping_timeout,
-                        int(config.max_frame_bytes * 1.5) + 65536)
+                        transport_cap(config.max_frame_bytes),
+                        max_queued=config.max_queued_bytes)

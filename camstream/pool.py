@@ -20,6 +20,7 @@ import time
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
+from camstream.stats import WORKER_STALE_S
 from camstream.supervisor import FRESH, Supervisor, plural
 
 log = logging.getLogger("camstream.pool")
@@ -66,12 +67,24 @@ class Pool(Supervisor):
             "role": "pool", "pid": os.getpid(), "host": proc.HOST,
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in self.slots if s.proc is not None and s.last_beat
-                                 and now - s.last_beat < self.config.worker_timeout),
+                                 and now - s.last_beat < WORKER_STALE_S),
             "worker_restarts": sum(s.restarts for s in self.slots)}))
 
 
 class IngestNode(Supervisor):
-    """``serve --ingest-only``: an ingest and no workers; the pool's bus is its bus."""
+    """``serve --ingest-only``: an ingest and no workers; the pool's bus is its bus. It also
+    hosts a local bus (ipc only) that it and its ingest publish on as well, so that ingest's
+    heartbeat reaches it while the pool is gone (a missing pool is not a hung ingest), and a
+    display on this machine can attach to this node's frames."""
+
+    def open_bus(self) -> None:
+        to = bus.reached(self.config)
+        self.zap = None
+        self.proxy = bus.BusProxy(self.ctx, self.config.runtime_dir)
+        self.proxy.start()
+        self.bus_pub = bus.bus_pub(self.ctx, self.config.runtime_dir, to=to, local=True)
+        self.beats = bus.bus_sub(self.ctx, self.config.runtime_dir, wire.STATS, hwm=10000,
+                                 to=to, local=True)
 
     def healthy(self, now: float) -> bool:
         ingest = self.slots[0]

@@ -22,7 +22,11 @@ from prometheus_client.registry import Collector
 
 UNAUTHENTICATED = "(unauthenticated)"
 WORKER_STALE_S = 3.0  # a worker silent this long is not counted as alive
+POOL_STALE_S = 3.0    # --ingest-only: the pool silent this long is missing
+RESTARTED_RECENTLY_S = 60.0  # an ingest this young, replacing one that died: degraded
 LOST_AFTER = 5.0      # seconds after dispatch by which a frame is processed, or lost
+MAX_IDLE_NAMES = 1000  # names without a connection kept in /healthz at most
+DEPARTED_KEYS = ("received", "dispatched", "dropped", "refused", "lost")  # ingest's counts
 # what workers count per client (processor_errors is part of errors; record_* with --record)
 WORKER_KEYS = ("processed", "errors", "processor_errors", "recorded", "record_errors",
                "record_dropped")
@@ -73,15 +77,26 @@ class Ledger:
         # workers are keyed by (host, pid): remote workers' pids may repeat local ones
         self._workers: dict[tuple, dict] = {}        # -> last stats of that worker process
         self._baseline: dict[tuple, dict] = {}       # -> its counts before this ingest began
+        self._baseline_errors: dict[tuple, dict] = {}  # -> its errors_by then
         self._worker_seen: dict[tuple, float] = {}   # -> monotonic time of its last stats
         self.supervisor: dict = {}
         self.pool: dict = {}                         # --ingest-only: the worker pool's report
+        self.pool_seen: float | None = None          # -> monotonic time of its last report
+        self.pool_endpoint = ""                      # --ingest-only: where the pool is
+        self.problems: dict[str, str] = {}           # other reasons to say degraded, by kind
+        self.last_reasons: dict[str, str] = {}       # health()'s, for /metrics
         self.workers_configured: int | None = None   # until the supervisor's first report
         # --ingest-only: the pool's workers report every node's clients; show only ours
         self.own_clients_only = False
         self.started = time.time()
+        self.started_mono = time.monotonic()
         self.connection_limits: list = []  # ingest's ConnectionCounts: their refusals shown
         self.owners: dict[str, int] = {}   # --route client: the worker each client is bound to
+        self.forget_after = 600.0          # --forget-clients-after
+        self.idle: collections.OrderedDict = collections.OrderedDict()  # name -> since left
+        self.departed: collections.Counter = collections.Counter()      # folded counters
+        # what ingest's limits stopped (camstream.limits): limit name -> times
+        self.limit_hits: collections.Counter = collections.Counter()
 
     def client(self, name: str) -> ClientCounts:
         counts = self.clients.get(name)
@@ -97,6 +112,7 @@ class Ledger:
         if self.restarted and pid not in self._workers and \
                 report.get("started", 0) < self.started:
             self._baseline[pid] = report["clients"]
+            self._baseline_errors[pid] = report.get("errors_by") or {}
         self._workers[pid] = report
         self._worker_seen[pid] = time.monotonic()
         for name, seqs in report.get("done", {}).items():
@@ -104,24 +120,96 @@ class Ledger:
             if counts is not None:
                 counts.done(seqs)
 
-    def processed(self) -> dict[str, dict[str, int]]:
-        """Per client, the sum over worker processes of what they report (WORKER_KEYS)."""
-        out: dict[str, dict[str, int]] = {}
+    def processed(self) -> dict[str, dict]:
+        """Per client, the sum over worker processes of what they report (WORKER_KEYS, and
+        ``errors_by``: errors per reason)."""
+        out: dict[str, dict] = {}
         for pid, report in self._workers.items():
             base = self._baseline.get(pid, {})
+            base_errors = self._baseline_errors.get(pid, {})
+            errors_by = report.get("errors_by") or {}
             for name, c in report["clients"].items():
                 b = base.get(name, {})
                 o = out.setdefault(name, dict.fromkeys(WORKER_KEYS, 0))
                 for key in WORKER_KEYS:
                     o[key] += c.get(key, 0) - b.get(key, 0)
+                by = o.setdefault("errors_by", {})
+                for reason, n in (errors_by.get(name) or {}).items():
+                    n -= (base_errors.get(name) or {}).get(reason, 0)
+                    if n:
+                        by[reason] = by.get(reason, 0) + n
         return out
 
+    def pool_report(self, report: dict) -> None:
+        self.pool = report
+        self.pool_seen = time.monotonic()
+
+    def pool_missing_s(self) -> float | None:
+        """--ingest-only: seconds the pool has been silent (since ingest began, if it never
+        reported), once that is over POOL_STALE_S; else None."""
+        if not self.pool_endpoint:
+            return None
+        since = self.pool_seen if self.pool_seen is not None else self.started_mono
+        silent = time.monotonic() - since
+        return silent if silent > POOL_STALE_S else None
+
+    def degraded(self, local_alive: int, expected: int | None) -> dict[str, str]:
+        """Why the daemon is not fully working, by kind (empty: ok). ``local_alive``: the
+        workers of this daemon (or of its pool) heard from lately, remote ones apart."""
+        reasons = {}
+        missing = self.pool_missing_s()
+        if missing is not None:
+            reasons["pool"] = (f"no worker pool: nothing heard from {self.pool_endpoint} for "
+                               f"{missing:.0f} s")
+        if expected and local_alive < expected:
+            reasons["workers"] = f"{local_alive} of {expected} workers alive"
+        uptime = time.time() - self.started
+        if self.restarted and uptime < RESTARTED_RECENTLY_S:
+            reasons["ingest"] = f"ingest restarted {uptime:.0f} s ago (clients reconnect)"
+        reasons.update(self.problems)
+        return reasons
+
     def checkpoint(self) -> None:
-        """Count as lost what was dispatched LOST_AFTER ago and never reported (twice a
-        second)."""
-        before = time.monotonic() - LOST_AFTER
+        """Count as lost what was dispatched LOST_AFTER ago and never reported; forget the
+        names that left a while ago (twice a second)."""
+        now = time.monotonic()
+        before = now - LOST_AFTER
         for counts in self.clients.values():
             counts.expire(before)
+        self.forget(now)
+
+    def joined(self, name: str) -> None:
+        self.connected[name] = self.connected.get(name, 0) + 1
+        self.idle.pop(name, None)
+
+    def left(self, name: str) -> int:
+        """One connection of ``name`` closed; how many it still has."""
+        left = self.connected.get(name, 1) - 1
+        self.connected[name] = left
+        if not left:
+            self.idle[name] = time.monotonic()
+        return left
+
+    def forget(self, now: float) -> None:
+        """Fold the counters of names gone for ``forget_after`` seconds (or beyond the
+        MAX_IDLE_NAMES most recent) into ``departed``: 40,000 names kept /healthz growing to
+        7.9 MB and a core busy with nobody connected. What workers report for them is
+        counted in ``departed`` too (only names in ``clients`` have rows)."""
+        while self.idle:
+            name, since = next(iter(self.idle.items()))
+            if now - since < self.forget_after and len(self.idle) <= MAX_IDLE_NAMES:
+                break
+            del self.idle[name]
+            counts = self.clients.get(name)
+            if counts is not None and counts.outstanding:  # frames still out: later
+                self.idle[name] = since
+                break
+            if counts is not None:
+                del self.clients[name]
+                for key in DEPARTED_KEYS:
+                    self.departed[key] += getattr(counts, key)
+            self.connected.pop(name, None)
+            self.departed["clients"] += 1
 
     def workers_alive(self) -> int:
         now = time.monotonic()
@@ -135,13 +223,24 @@ class Ledger:
                  "processed": sum(c["processed"] for c in r["clients"].values())}
                 for (host, pid), r in sorted(self._workers.items()) if r.get("remote")]
 
-    def health(self) -> dict:
+    def health(self, with_names: bool = True) -> dict:
+        """The /healthz view. ``with_names=False`` (under -a, for a caller who has not proved who
+        they are): the per-client rows left out, their number said; totals stay."""
         done = self.processed()
         clients = {}
         totals = dict.fromkeys(("received", "dispatched", "dropped", "processed", "errors",
                                 "refused", "in_flight", "lost"), 0)
-        names = set(self.clients) if self.own_clients_only else set(self.clients) | set(done)
-        for name in sorted(names):
+        departed = {"clients": self.departed["clients"], **{k: 0 for k in totals}}
+        for key in DEPARTED_KEYS:
+            departed[key] = self.departed[key]
+        if not self.own_clients_only:  # what workers did for names forgotten here
+            for name, d in done.items():
+                if name not in self.clients:
+                    departed["processed"] += d["processed"]
+                    departed["errors"] += d["errors"]
+        for k in totals:
+            totals[k] += departed[k]
+        for name in sorted(self.clients):
             c = self.clients.get(name) or ClientCounts()
             if name == UNAUTHENTICATED and not c.received:
                 continue
@@ -151,6 +250,8 @@ class Ledger:
                    "in_flight": len(c.outstanding), "lost": c.lost,
                    "refused_by": dict(c.refused_by), "connected": self.connected.get(name, 0)}
             row.update((k, d[k]) for k in WORKER_KEYS[2:] if d[k])  # only when there are any
+            if d.get("errors_by"):
+                row["errors_by"] = d["errors_by"]
             if name in self.owners:
                 row["worker"] = self.owners[name]
             clients[name] = row
@@ -158,33 +259,51 @@ class Ledger:
                 totals[k] += row[k]
         sup = self.supervisor
         pool = self.pool or sup  # an ingest node's workers are the pool's
+        if self.pool_missing_s() is not None:
+            pool = {}
         remote = self.remote_workers()
+        remote_alive = sum(1 for r in remote if r["alive"])
+        local = pool["workers_alive"] if "workers_alive" in pool else \
+            self.workers_alive() - remote_alive
+        workers = {"alive": local + remote_alive,
+                   "expected": pool.get("workers_expected", self.workers_configured),
+                   "restarts": pool.get("worker_restarts", 0),
+                   **({"remote": remote} if remote else {})}  # camstream worker
+        if self.pool_endpoint:
+            workers["pool"] = self.pool_endpoint
+        reasons = self.last_reasons = self.degraded(local, workers["expected"])
+        hidden = {} if with_names else {"clients_hidden": len(clients)}
+        if not with_names:
+            clients = {}
         return {
-            "status": "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": list(reasons.values()),
             # the daemon's (its supervisor's) age; ingest's own is under "ingest"
             "uptime_s": round(time.time() - sup.get("started", self.started), 1),
-            "workers": {"alive": pool["workers_alive"] + sum(1 for r in remote if r["alive"])
-                        if "workers_alive" in pool else self.workers_alive(),
-                        "expected": pool.get("workers_expected", self.workers_configured),
-                        "restarts": pool.get("worker_restarts", 0),
-                        **({"remote": remote} if remote else {})},  # camstream worker
+            "workers": workers,
             "ingest": {"restarts": sup.get("ingest_restarts", 0),
                        "uptime_s": round(time.time() - self.started, 1)},
             "clients": clients,
+            **hidden,
             "totals": totals,
+            # names gone for --forget-clients-after, their counters folded together
+            "departed": departed,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)
             "refused_connections": sum(c.refused for c in self.connection_limits),
+            # connections and requests stopped by a limit, by limit (see camstream.limits)
+            "limits": dict(sorted(self.limit_hits.items())),
         }
 
 
 class LedgerCollector(Collector):
     """Prometheus view of the ledger, computed at scrape time (nothing on the hot path)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, names: bool = True) -> None:
         self.ledger = ledger
+        self.names = names  # False: no per-client series (Ledger.health)
 
     def collect(self) -> Iterator:
-        health = self.ledger.health()
+        health = self.ledger.health(self.names)
         help_ = {
             "received": "Frames that arrived from the client",
             "dispatched": "Frames handed to the worker pool",
@@ -206,6 +325,12 @@ class LedgerCollector(Collector):
         yield conn
         yield GaugeMetricFamily("camstream_workers_alive", "Worker processes alive",
                                 value=health["workers"]["alive"])
+        degraded = GaugeMetricFamily("camstream_degraded", "1 while the daemon is not fully "
+                                     "working, per reason (as /healthz's reasons)",
+                                     labels=["reason"])
+        for kind in ("workers", "pool", "ingest", "ipc"):
+            degraded.add_metric([kind], 1 if kind in self.ledger.last_reasons else 0)
+        yield degraded
         yield CounterMetricFamily("camstream_worker_restarts", "Worker processes restarted",
                                   value=health["workers"]["restarts"])
         yield CounterMetricFamily("camstream_ingest_restarts", "Ingest processes restarted",
@@ -213,3 +338,8 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily("camstream_connections_refused",
                                   "Connections refused by --max-connections-per-ip",
                                   value=health["refused_connections"])
+        hits = CounterMetricFamily("camstream_limit_hits", "Connections and requests stopped "
+                                   "by a limit (a flag of camstream serve)", labels=["limit"])
+        for name, n in health["limits"].items():
+            hits.add_metric([name], n)
+        yield hits

@@ -54,7 +54,8 @@ def check_daemon(runtime_dir: str) -> None:
                        "denied (join the daemon's group, or pass --runtime-dir)") from None
     except OSError:
         raise NoDaemon(f"no camstream daemon is running in {runtime_dir} (no {bus.BUS_OUT} "
-                       "socket there); start 'camstream serve' or pass --runtime-dir") from None
+                       "socket there); start 'camstream serve', or pass its --port or "
+                       "--runtime-dir") from None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(str(path))
@@ -63,8 +64,8 @@ def check_daemon(runtime_dir: str) -> None:
                            f"denied on {bus.BUS_OUT} (join the daemon's group)") from None
         except OSError:
             raise NoDaemon(f"no camstream daemon is running in {runtime_dir} (its "
-                           f"{bus.BUS_OUT} socket is stale); start 'camstream serve' or "
-                           "pass --runtime-dir") from None
+                           f"{bus.BUS_OUT} socket is stale); start 'camstream serve', or pass "
+                           "its --port or --runtime-dir") from None
 
 
 @dataclass
@@ -186,10 +187,10 @@ class Subscription:
                  hwm: int = FRAME_HWM, check: bool = True) -> None:
         import zmq
 
-        from camstream.config import default_runtime_dir
+        from camstream.rundir import default
         if not raw and not processed:
             raise ValueError("frames(): raw=False and processed=False leaves nothing to receive")
-        self.runtime_dir = runtime_dir or default_runtime_dir()
+        self.runtime_dir = runtime_dir or default(8080)  # a daemon on the default port
         if check:
             check_daemon(self.runtime_dir)
         names = [client] if isinstance(client, str) else list(client or [])

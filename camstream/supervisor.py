@@ -32,6 +32,8 @@ import zmq
 from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.notify import Notifier
+from camstream.rundir import RuntimeDirError
+from camstream.stats import WORKER_STALE_S  # what /healthz calls alive
 
 log = logging.getLogger("camstream.supervisor")
 # Config fields whose option (and --config key) has another name: logs say the option
@@ -42,6 +44,7 @@ TICK = 0.5                # seconds between turns of the loop when nothing happe
 FRESH = 2.0               # a heartbeat younger than this proves its sender answers
 STATUS_EVERY = 2.0        # seconds between STATUS= lines to systemd
 START_GRACE = 30.0        # time a new child has to send its first heartbeat
+STALLED = 2.0             # a turn of the loop this late means the supervisor itself stalled
 MAX_BACKOFF = 10.0
 
 WORKER_ENV = {
@@ -49,9 +52,13 @@ WORKER_ENV = {
     # time (MEASUREMENTS.md); keep them in the process instead
     "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024),
-    # refuse JPEG bombs before allocating: 8192 x 8192 is far above any camera we take
-    "OPENCV_IO_MAX_IMAGE_PIXELS": str(8192 * 8192),
 }
+
+
+def worker_env(config: Config) -> dict:
+    """A worker's environment: WORKER_ENV, and OpenCV's own pixel limit (a second line behind
+    the header check of workers.jpeg) at --max-pixels."""
+    return {**WORKER_ENV, "OPENCV_IO_MAX_IMAGE_PIXELS": str(config.max_pixels)}
 
 
 @dataclass
@@ -99,6 +106,8 @@ class Supervisor:
         self.stopping = False
         self.ready = False
         self.last_tick = 0.0
+        self.last_turn = 0.0          # when the loop last ran (see judge_own_stall)
+        self.bus_failed = False       # the bus could not be bound again (check_bus)
         self.last_watchdog = 0.0
         self.status_sent = 0.0
         self.last_status = (0.0, 0, 0)  # time, received, processed at the last STATUS=
@@ -117,7 +126,9 @@ class Supervisor:
                     getattr(self, "handle_" + signal.Signals(sig).name[3:].lower())()
                 if self.stopping:
                     break
+                self.judge_own_stall()
                 self.read_heartbeats()
+                self.check_bus()
                 self.murder()
                 self.reap()
                 self.manage()
@@ -249,7 +260,7 @@ class Supervisor:
             fds = (self.listener.fileno(),)
         else:
             argv.append(str(slot.index))
-            env.update(WORKER_ENV)
+            env.update(worker_env(self.config))
         slot.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, pass_fds=fds, env=env)
         slot.proc.stdin.write(self.config.to_json().encode())
         slot.proc.stdin.close()
@@ -322,6 +333,37 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is None and not slot.retiring and now >= slot.not_before:
                 self.spawn(slot)
+
+    def check_bus(self) -> None:
+        """The bus's socket files removed: bind it again; if that fails (the directory taken
+        over, say), say so once, and try again every turn."""
+        if self.proxy is None:
+            return
+        try:
+            self.proxy.check()
+            self.bus_failed = False
+        except (zmq.ZMQError, OSError, RuntimeDirError) as e:
+            if not self.bus_failed:
+                log.error("cannot bind the bus again in %s: %s (no child can report until "
+                          "it is)", self.config.runtime_dir, e)
+            self.bus_failed = True
+
+    def judge_own_stall(self) -> None:
+        """Silence is judged against this loop: if the supervisor itself did not run (SIGSTOP,
+        a starved machine), the bus it hosts did not run either, and nobody was silent. Every
+        child's clock then starts again from now."""
+        now = time.monotonic()
+        late = now - self.last_turn if self.last_turn else 0.0
+        self.last_turn = now
+        if late < STALLED + TICK:
+            return
+        log.warning("the supervisor did not run for %.1f s (stopped or starved): its children "
+                    "are judged from now on, not for that gap", late)
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.started += late
+                if slot.last_beat is not None:
+                    slot.last_beat += late
 
     def murder(self) -> None:
         now = time.monotonic()
@@ -475,7 +517,7 @@ class Supervisor:
             "role": "supervisor", "pid": os.getpid(), "host": proc.HOST,
             "started": self.started, "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
-                                 and now - s.last_beat < self.config.worker_timeout),
+                                 and now - s.last_beat < WORKER_STALE_S),
             "worker_restarts": sum(s.restarts for s in workers),
             "ingest_restarts": self.slots[0].restarts}))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from camstream.cli import add_runtime_dir
-    add_runtime_dir(parser)
+    add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME", action="append", default=[],
                         help="only this client's results (repeat for more; default: all)")
     parser.add_argument("--count", type=int, default=0, metavar="N",
@@ -38,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from camstream import bus
     from camstream.subscribe import Subscription
 
+    from camstream.cli import runtime_dir_of
+    args.runtime_dir = runtime_dir_of(args)
     if not (Path(args.runtime_dir) / bus.BUS_OUT).exists():
         print(f"camstream tap: no daemon in {args.runtime_dir} yet; waiting for one "
-              "(--runtime-dir?)", file=sys.stderr)
+              "(its --port or --runtime-dir?)", file=sys.stderr)
     results = Subscription(args.runtime_dir, args.client, raw=False, processed=True,
                            hwm=1000, check=False)
     out = sys.stdout.buffer

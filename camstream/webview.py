@@ -23,6 +23,7 @@ import binascii
 import http.server
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -262,9 +263,9 @@ class Logins:
         except UsersError:
             return False, "wrong user name or password"
         with self.lock:
-            wait = self.throttle.wait(address, name)
-            if wait:
-                return False, f"too many failed logins: try again in {wait:.0f} s"
+            refused, slow = self.throttle.begin(address, name)  # counted before scrypt
+            if refused:
+                return False, f"too many failed logins: try again in {math.ceil(refused)} s"
             if self._mtime() != self.mtime:
                 try:
                     self.users, self.mtime = Users.load(self.users_file), self._mtime()
@@ -272,13 +273,16 @@ class Logins:
                              len(self.users))
                 except UsersError as e:
                     log.warning("%s (keeping the users read before)", e)
-        ok = self.users.verify(name, password)   # scrypt: outside the lock
-        with self.lock:
-            if ok:
-                self.throttle.succeeded(address, name)
-            else:
-                self.throttle.failed(address, name)
-                log.warning("view login failed for user %r from %s", name, address)
+        ok = False
+        try:
+            if slow:
+                time.sleep(slow)  # failures for this name from anywhere: slowed, not refused
+            ok = self.users.verify(name, password)   # scrypt: outside the lock
+        finally:
+            with self.lock:
+                self.throttle.end(address, name, ok)
+        if not ok:
+            log.warning("view login failed for user %r from %s", name, address)
         return ok, "" if ok else "wrong user name or password"
 
     def check_basic(self, address: str, header: str) -> str | None:

@@ -16,10 +16,24 @@ _FIXED = struct.Struct("<BQqIBB")  # version, seq, recv_ns, size, len(client), l
 
 class Header(NamedTuple):
     client: str      # the stream's name: the username the client logged in with
-    session: str     # the socket.io session id of the connection that sent it
+    session: str     # ingest's number for the connection that sent it (never the transport's
+                     # session id: with long polling that is the connection's credential)
     seq: int         # per-client sequence number given by ingest
     recv_ns: int     # time.time_ns() when ingest received the frame
     size: int        # JPEG byte count
+
+    def __getitem__(self, key):
+        """``header["seq"]`` as well as ``header.seq`` (processors are told both work);
+        integers and slices index the tuple as usual."""
+        if isinstance(key, str):
+            if key in self._fields:
+                return getattr(self, key)
+            raise KeyError(key)
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        """The field names, so that ``dict(header)`` is the header as a dict."""
+        return self._fields
 
     def pack(self) -> bytes:
         client = self.client.encode()

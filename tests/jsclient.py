@@ -17,9 +17,10 @@ CLIENT_JS = JS_DIR / "client.js"
 def js_client(url: str, client: str = "2", user: str = "alice", password: str = "",
               frames: Path | None = None, count: int = 0, fps: float = 10, mode: str = "default",
               hold: float = 0, timeout: float = 30, real_ip: str = "",
-              insecure: bool = False) -> subprocess.Popen:
+              insecure: bool = False, auth: bool = False) -> subprocess.Popen:
     """Start client.js (``client`` "2" or "4"); ``mode``: default, websocket, polling, b64;
-    ``insecure``: accept a self-signed TLS certificate."""
+    ``insecure``: accept a self-signed TLS certificate; ``auth``: log in with the connect
+    (4.x) instead of the ``authenticate`` event."""
     if not (JS_DIR / "node_modules").is_dir():
         raise AssertionError("the JS clients are not installed: run tests/setup.sh")
     argv = ["node", str(CLIENT_JS), "--client", client, "--url", url, "--user", user,
@@ -31,6 +32,8 @@ def js_client(url: str, client: str = "2", user: str = "alice", password: str = 
         argv += ["--real-ip", real_ip]
     if insecure:
         argv.append("--insecure")
+    if auth:
+        argv.append("--auth")
     if mode == "websocket":
         argv.append("--websocket")
     elif mode == "polling":
@@ -123,6 +126,6 @@ def auth_daemon(tmp_path_factory):
     """``serve -a`` with the users in USERS (also its ``users`` attribute)."""
     tmp = tmp_path_factory.mktemp("auth")
     users = make_users(tmp, **USERS)
-    for daemon in _shared_daemon(tmp, "-a", "--users", str(users)):
+    for daemon in _shared_daemon(tmp, "-a", "--users", str(users), "--metrics-trust-loopback"):
         daemon.users = USERS
         yield daemon

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real socket.io clients the tests drive (tests/js: socket.io-client 2.x, the
-# Android app's protocol revision, and 4.x) unless they are there already, with Node and npm
-# from Debian's packages when they are missing.
+# Android app's protocol revision, and 4.x) and the reference servers (npm socket.io 2.x and
+# 4.x, run beside camstream by tests/test_conformance.py) unless they are there already, with
+# Node and npm from Debian's packages when they are missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive  # apt-get never asks (CI has no terminal)
 js="$(cd "$(dirname "$0")" && pwd)/js"
@@ -15,7 +16,11 @@ if ! command -v npm >/dev/null; then  # a fresh Debian machine has no Node
         exit 1
     fi
 fi
-if [ ! -d "$js/node_modules" ]; then
+missing=""
+for module in sio2 sio4 srv2 srv4; do  # the aliases of tests/js/package.json
+    [ -d "$js/node_modules/$module" ] || missing="$missing $module"
+done
+if [ -n "$missing" ]; then
     if [ -f "$js/package-lock.json" ]; then
         npm ci --prefix "$js" --silent --no-audit --no-fund
     else
@@ -64,5 +69,17 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     else
         echo "tests/setup.sh: the browser tests need chromium and chromium-driver (as root:" \
              "apt-get install -y chromium chromium-driver); skipping them" >&2
+    fi
+fi
+
+# The real-systemd test (tests/test_systemd_real.py) builds a minimal Debian with debootstrap
+# (cached in /var/cache/camstream-tests) and boots it with systemd-nspawn (systemd-container).
+if ! command -v debootstrap >/dev/null && [ ! -x /usr/sbin/debootstrap ] \
+        || ! command -v systemd-nspawn >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq debootstrap systemd-container
+    else
+        echo "tests/setup.sh: the real-systemd test needs debootstrap and systemd-container" \
+             "(as root: apt-get install -y debootstrap systemd-container); skipping it" >&2
     fi
 fi

@@ -67,3 +67,68 @@ class Streamer:
         self.thread.join(timeout=10)
         if self.sio.connected:
             self.sio.disconnect()
+
+
+class AsyncStreamer:
+    """python-socketio's asyncio client (``AsyncClient``, on aiohttp) in a thread of its own
+    with its event loop: it logs in with ``auth`` at connect and sends ``frame`` with an ack at
+    a steady rate, with the library's default reconnection (1 s doubling to 5 s)."""
+
+    def __init__(self, url: str, name: str, fps: float = 10.0,
+                 transports=("websocket",)) -> None:
+        self.url, self.name, self.fps, self.transports = url, name, fps, list(transports)
+        self.frame = make_jpeg(seed=1)
+        self.acks: list[dict] = []
+        self.connects = 0
+        self.disconnects = 0
+        self.failed: BaseException | None = None
+        self._stopping = False
+        self._loop = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> AsyncStreamer:
+        self.thread.start()
+        if not self._ready.wait(15) or self.failed:
+            raise AssertionError(f"{self.name} did not connect: {self.failed!r}")
+        return self
+
+    def _run(self) -> None:
+        import asyncio
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._main())
+        except BaseException as e:  # noqa: BLE001 (reported by start() or the test)
+            self.failed = e
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        import asyncio
+        sio = socketio.AsyncClient()
+        self.sio = sio
+
+        @sio.event
+        async def connect():
+            self.connects += 1
+
+        @sio.event
+        async def disconnect(*args):
+            if not self._stopping:
+                self.disconnects += 1
+        await sio.connect(self.url, transports=self.transports, wait_timeout=10,
+                          auth={"username": self.name, "password": ""})
+        self._ready.set()
+        while not self._stopping:
+            if sio.connected:
+                try:
+                    self.acks.append(await sio.call("frame", ({}, self.frame), timeout=5))
+                except socketio.exceptions.SocketIOError:
+                    pass
+            await asyncio.sleep(1 / self.fps)
+        await sio.disconnect()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.thread.join(timeout=10)

@@ -13,7 +13,7 @@ from conftest import make_jpeg, make_users, wait_for
 @pytest.fixture
 def secured(daemons, tmp_path):
     users = make_users(tmp_path, alice="wonderland", bob="builder")
-    return daemons("-a", "--users", str(users), workers=1)
+    return daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
 
 
 def refusal(url: str, username: str, password: str):
@@ -31,8 +31,10 @@ def test_connect_time_auth(secured, clients):
     sio = clients(secured.url, "alice", "wonderland")
     ack = sio.call("frame", ({}, make_jpeg()), timeout=10)
     assert ack["accepted"] is True
-    assert refusal(secured.url, "alice", "wrong") == {"message": "authentication failed"}
-    assert refusal(secured.url, "mallory", "wonderland") == {"message": "authentication failed"}
+    for name, password in (("alice", "wrong"), ("mallory", "wonderland")):
+        refused = refusal(secured.url, name, password)
+        assert refused["message"] == "authentication failed", refused
+        assert 0 < refused["data"]["retry_in_s"] <= 1.0, refused  # the throttle's wait
     assert "login failed for user 'alice'" in secured.output()
     assert "wrong" not in secured.output()  # no password in the logs
 

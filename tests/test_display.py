@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import psutil
+import requests
 import pytest
 import socketio
 from conftest import ROOT, Daemon, make_jpeg, wait_for
@@ -316,6 +317,36 @@ def test_serve_d_starts_a_display_and_survives_its_death(daemons, screen, client
     assert d.child("display") is None, "a dead display is not restarted"
     assert sio.call("frame", ({}, make_jpeg()), timeout=10)["accepted"] is True
     assert d.health()["workers"]["restarts"] == 0 and d.health()["ingest"]["restarts"] == 0
+
+
+def test_serve_d_beside_a_decoy_package(tmp_path, screen, clients):  # noqa: F811
+    """``serve -d`` run from a folder holding camstream/ and workers/ (the folder above a
+    clone): the children, display included, import the installed package, not the decoys."""
+    from conftest import free_port
+    cwd = tmp_path / "above-a-clone"
+    for package in ("camstream", "workers"):
+        (cwd / package).mkdir(parents=True)
+        (cwd / package / "__init__.py").write_text("raise ImportError('decoy imported')\n")
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "camstream"), "serve", "-d", "-i", "127.0.0.1",
+         "-p", str(port), "-w", "1", "--runtime-dir", str(tmp_path / "run")],
+        cwd=cwd, env=screen.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: requests.get(url + "/healthz", timeout=2).json()["workers"]["alive"],
+                 30, what="the daemon ready")
+        sio = clients(url, "decoy")
+        sio.call("frame", ({}, make_jpeg()), timeout=10)
+        wait_for(lambda: screen.windows("decoy"), 20, what="the display's window")
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert "decoy imported" not in output and "Traceback" not in output, output
 
 
 def test_serve_d_without_a_screen_warns_and_serves(daemons, clients):

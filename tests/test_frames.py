@@ -21,8 +21,8 @@ import camstream
 def daemon(tmp_path_factory):
     """A daemon whose runtime directory is the default one under XDG_RUNTIME_DIR=xdg."""
     tmp = tmp_path_factory.mktemp("frames")
-    d = Daemon(tmp, "--runtime-dir", str(tmp / "xdg" / "camstream"), workers=1)
-    d.runtime_dir = tmp / "xdg" / "camstream"
+    d = Daemon(tmp, "--runtime-dir", str(tmp / "xdg" / "camstream-8080"), workers=1)
+    d.runtime_dir = tmp / "xdg" / "camstream-8080"  # the default, for port 8080
     d.xdg = tmp / "xdg"
     try:
         d.wait_ready()

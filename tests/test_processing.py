@@ -330,6 +330,25 @@ def test_readme_example_runs_from_module_attr(tmp_path, daemons, clients):
     assert result["redness"] > 150 and abs(result["spot"][0] - 104) <= 6
 
 
+def test_the_header_reads_by_name_and_by_attribute(tmp_path, daemons, clients):
+    """The README says the header "has client, session, seq, ...": both header["seq"] and
+    header.seq work in a processor (it is a NamedTuple, and was not subscriptable by name)."""
+    env = write_module(tmp_path, "headed", (
+        "def both(image, header):\n"
+        "    assert header['seq'] == header.seq and header['client'] == header.client\n"
+        "    return {'as_dict': dict(header), 'size': header['size']}\n"))
+    d = daemons("--processor", "headed:both", "--emit-results", workers=1, env=env)
+    sio = clients(d.url, "named")
+    got: list[dict] = []
+    sio.on("result", got.append)
+    send(sio, [make_jpeg(), make_jpeg(seed=1)])
+    results = wait_for(lambda: len(got) == 2 and got, 30, what="both results")
+    for r in results:
+        assert r["as_dict"]["client"] == "named" and r["as_dict"]["seq"] == r["seq"]
+        assert r["size"] == r["as_dict"]["size"] > 0
+    assert d.health()["clients"]["named"]["errors"] == 0
+
+
 def test_a_processor_marked_ordered_is_routed_by_client(tmp_path, daemons, clients):
     env = write_module(tmp_path, "tracker", (
         "def track(image, header):\n"

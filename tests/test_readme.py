@@ -71,6 +71,13 @@ SHELL_FENCES = {"sh", "bash", "shell", "console"}
 CODE_FENCES = {"python", "py", "json", "ini", "toml", "yaml", "text", "nginx"}
 
 
+# programs a README line may start with whether or not this machine has them (sudo is
+# missing from many containers); anything else on PATH counts too
+PROGRAMS = {"camstream", "python", "python3", "pip", "sudo", "systemctl", "journalctl", "echo",
+            "curl", "jq", "kill", "mkdir", "cp", "install", "ufw", "firewall-cmd", "hostname",
+            "openssl", "nginx"}
+
+
 def looks_like_command(text: str) -> bool:
     """A line of an indented or unlabelled block is a command when its first word (after any
     VAR=value) is a program: ``camstream``, a path, or something on PATH."""
@@ -80,7 +87,7 @@ def looks_like_command(text: str) -> bool:
     if not words:
         return False
     first = words[0]
-    if first.startswith(("./", ".venv/", "~/", "/", "tests/")):
+    if first.startswith(("./", ".venv/", "~/", "/", "tests/")) or first in PROGRAMS:
         return True
     return shutil.which(first, path=f"{BIN}:{os.environ.get('PATH', '')}") is not None
 
@@ -143,12 +150,17 @@ class NotHere:
 
 
 SYNOPSIS = "synopsis"   # a usage line: its options are checked against the verb's --help
-RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/test_systemd.py "
-                 "follows it in a systemd-nspawn container, and test_systemd_prints_a_recipe "
-                 "runs `camstream systemd` here")
+RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/test_systemd_real.py "
+                 "follows it in a systemd-nspawn container, test_systemd_prints_a_recipe runs "
+                 "`camstream systemd` here, and tests/test_systemd.py checks that the README "
+                 "shows the recipe exactly")
 
 COVERED: dict[str, object] = {
-    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/camstream demo":
+    "hostname -I": "test_finding_the_address",
+    "sudo ufw allow 8080/tcp": NotHere("changes this machine's firewall, as root"),
+    "sudo firewall-cmd --add-port=8080/tcp --permanent && sudo firewall-cmd --reload":
+        NotHere("changes this machine's firewall, as root (and Fedora's firewalld)"),
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[gui]' && .venv/bin/camstream demo":
         "test_first_command_demo",
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && tests/setup.sh && "
     ".venv/bin/pytest": "test_test_command_is_what_ci_runs",
@@ -156,8 +168,8 @@ COVERED: dict[str, object] = {
     "[--config FILE] [--log-level LEVEL] [--max-frame-size SIZE] [--queue-depth N] "
     "[--stop-timeout S] [--max-fps FPS] [--max-connections-per-ip N] [--worker-timeout S] "
     "[--ping-interval S] [--ping-timeout S] [--certfile PEM --keyfile PEM] [--processor NAME] "
-    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results]":
-        SYNOPSIS,
+    "[--processor-opt KEY=VALUE] [--record DIR] [--record-max-gb GB] [--emit-results] "
+    "[--max-pixels N] [--frame-timeout S]": SYNOPSIS,
     "camstream users add alice": "test_users_commands",
     'echo "$PW" | camstream users add alice --password-stdin': "test_users_commands",
     "camstream users remove alice": "test_users_commands",
@@ -169,7 +181,8 @@ COVERED: dict[str, object] = {
     "camstream send --source recordings/alice/2026-11-25": "test_send_sources_and_results",
     "camstream send --count 50 --results | jq -c '{seq, brightness}'":
         "test_send_sources_and_results",
-    "camstream display [--client NAME] [--processed] [--runtime-dir DIR]": SYNOPSIS,
+    "camstream display [--client NAME] [--processed] [--port PORT] [--runtime-dir DIR]":
+        SYNOPSIS,
     "camstream display --snapshot shots": "test_display_snapshot",
     "camstream status": "test_status_and_tap",
     "camstream tap --client alice": "test_status_and_tap",
@@ -198,11 +211,18 @@ def coverage(line: Line) -> object:
     return None
 
 
+DOCS = sorted((ROOT / "docs").glob("*.md"))   # the README's long sections, moved there
+
+
 def test_every_readme_command_is_covered():
     lines = readme_commands(readme_text())
     assert len(lines) > 20, "the README parser found almost no commands: is it broken?"
     missing = [f"README.md:{line.lineno}: {line.key}" for line in lines
                if coverage(line) is None]
+    for doc in DOCS:  # commands there are held to the same rule
+        lines += readme_commands(doc.read_text())
+        missing += [f"{doc.relative_to(ROOT)}:{line.lineno}: {line.key}"
+                    for line in readme_commands(doc.read_text()) if coverage(line) is None]
     assert not missing, (
         "README commands that no test runs:\n  " + "\n  ".join(missing) + "\nAdd each to "
         "COVERED in tests/test_readme.py with the test that runs it as written (or "
@@ -211,6 +231,19 @@ def test_every_readme_command_is_covered():
     stale = [key for key in COVERED if key not in keys]
     assert not stale, ("COVERED lists commands README.md no longer shows (remove them, or "
                        "fix the README):\n  " + "\n  ".join(stale))
+
+
+def test_links_stay_inside_the_repository():
+    """README and docs link files of this repository (that exist) or web pages, nothing
+    outside the tree."""
+    for doc in [README, *DOCS]:
+        text = doc.read_text()
+        assert "../shared" not in text, f"{doc.name} refers to files outside the repository"
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            if re.match(r"https?://", target):
+                continue
+            path = (doc.parent / target).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), f"{doc.name}: {target}"
 
 
 def test_the_parser_finds_what_it_should():
@@ -392,8 +425,8 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
     an empty folder and from one holding folders named camstream/ and workers/ (the folder
     above a clone), which must not shadow the installed package in any child."""
     first = first_commands()[0]
-    assert first == readme_line("python3 -m venv .venv && .venv/bin/pip install -e . && "
-                                ".venv/bin/camstream demo")
+    assert first == readme_line("python3 -m venv .venv && .venv/bin/pip install -e '.[gui]' "
+                                "&& .venv/bin/camstream demo")
     demo = first.split("&&")[-1].strip()
     assert demo == ".venv/bin/camstream demo"
     cwd = tmp_path / "cwd"
@@ -411,7 +444,8 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
     assert row, r.stdout
     received, processed = int(row.group(1)), int(row.group(4))
     assert received >= 150 and processed >= 0.9 * received, r.stdout  # 20 s at 10 fps
-    assert "camstream demo:" in r.stderr
+    told = re.search(r"camstream demo: (\d+) of (\d+) frames processed", r.stderr)
+    assert told and (int(told.group(1)), int(told.group(2))) == (processed, received), r.stderr
 
 
 def test_test_command_is_what_ci_runs():
@@ -421,6 +455,17 @@ def test_test_command_is_what_ci_runs():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == [second]
+
+
+# -- Connect the Android app -------------------------------------------------------------------
+
+def test_finding_the_address(tmp_path, home):
+    """``hostname -I`` lists the machine's addresses (none but loopback in a bare container:
+    then it prints an empty line, and still works)."""
+    r = run(readme_line("hostname -I"), tmp_path, home)
+    assert r.returncode == 0, r.stderr
+    assert all(re.fullmatch(r"[0-9a-fA-F.:]+", word) for word in r.stdout.split()), r.stdout
+    assert "github.com/xetiro/AndroidCamStream-Client" in readme_text()
 
 
 # -- Commands -----------------------------------------------------------------------------------

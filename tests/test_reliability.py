@@ -1,6 +1,7 @@
 """Faults under a streaming load: the daemon keeps working, and what it loses is counted."""
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -335,5 +336,34 @@ def test_bad_frames_are_errors_never_crashes(daemons, clients, tmp_path):
     assert worker.memory_info().rss < 400 * 1024 * 1024
     assert h["workers"]["restarts"] == 0
     out = d.output()
-    for problem in ("truncated JPEG", "is not a JPEG", "is not a decodable JPEG"):
+    for problem in ("truncated JPEG", "is not a JPEG", "over --max-pixels"):
         assert problem in out
+    assert h["clients"]["fuzzy"]["errors_by"] == {"truncated": 1, "not a JPEG": 2,
+                                                  "over --max-pixels": 1}
+
+
+def test_a_stopped_supervisor_kills_nobody_when_it_resumes(daemons):
+    """SIGSTOP the supervisor (it hosts the bus) for three times --worker-timeout: on SIGCONT
+    nobody was silent but the supervisor itself; ingest and the workers live on, and the
+    client streaming meanwhile stays connected."""
+    d = daemons("--worker-timeout", "2", workers=2)
+    titles = ("ingest", "worker 1", "worker 2")
+    pids = {t: d.child(t).pid for t in titles}
+    s = Streamer(d.url, "alice", fps=10).start()
+    try:
+        time.sleep(1)
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(6)
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        time.sleep(5)  # more than --worker-timeout from the resumption on
+        assert {t: getattr(d.child(t), "pid", None) for t in titles} == pids, d.output()
+        before = d.health()["clients"]["alice"]["processed"]
+        wait_for(lambda: d.health()["clients"]["alice"]["processed"] >= before + 10, 10,
+                 what="alice's frames still processed")
+    finally:
+        s.stop()
+    assert s.disconnects == 0
+    out = d.output()
+    assert "the supervisor did not run for" in out and "silent for" not in out, out

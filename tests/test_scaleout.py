@@ -330,3 +330,49 @@ def test_nginx_spreads_eight_clients_over_two_ingest_nodes_and_one_pool(
         assert set(tap.seen.values()) == {1}, "a frame was processed twice"
     finally:
         tap.close()
+
+
+def test_an_ingest_node_whose_pool_stops_keeps_its_clients(servers, procs, tmp_path):
+    """A missing pool is not a hung ingest: the node's ingest stays (it used to be SIGKILLed
+    as silent, dropping every client), clients stay connected, their frames are counted as
+    dropped, the log says what it waits for, /healthz and status say degraded; when the pool
+    is back, frames are processed again."""
+    from streaming import Streamer
+    keys = make_keys(tmp_path / "keys")
+    pool_port = free_port(3)
+    endpoint = f"tcp://127.0.0.1:{pool_port}"
+    pool_argv = [PY, "-m", "camstream", "pool", "-w", "1", "--worker-endpoint", endpoint,
+                 "--curve-keys", str(keys), "--runtime-dir", str(tmp_path / "pool-run")]
+    pool = procs("pool", *pool_argv)
+    node = servers("--ingest-only", "--worker-endpoint", endpoint, "--curve-keys", str(keys),
+                   "--worker-timeout", "3", workers=1)
+    ingest = node.child("ingest")
+    alice = Streamer(node.url, "alice", fps=10).start()
+    try:
+        wait_for(lambda: node.health()["clients"]["alice"]["processed"] > 5, 20,
+                 what="alice's frames processed by the pool")
+        pool.stop()
+        h = wait_for(lambda: (h := node.health())["status"] == "degraded" and h, 15,
+                     what="degraded without the pool")
+        assert h["reasons"][0].startswith(f"no worker pool: nothing heard from {endpoint}"), h
+        time.sleep(8)  # well past --worker-timeout
+        assert node.child("ingest").pid == ingest.pid, node.output()
+        assert alice.disconnects == 0 and alice.errors == 0
+        row = node.health()["clients"]["alice"]
+        assert row["dropped"] > 0 and row["connected"] == 1, row
+        out = subprocess.run([PY, "-m", "camstream", "status", node.url], capture_output=True,
+                             text=True, timeout=30, cwd=ROOT).stdout
+        assert f"the pool at {endpoint} is missing" in out.splitlines()[0], out
+        assert out.splitlines()[1].startswith("degraded: no worker pool"), out
+        assert f"waiting for the pool at {endpoint}" in node.output()
+        assert "silent for" not in node.output()
+
+        procs("pool-again", *pool_argv)
+        processed = row["processed"]
+        wait_for(lambda: (h := node.health())["status"] == "ok" and
+                 h["clients"]["alice"]["processed"] > processed + 5, 40,
+                 what="frames processed by the pool again")
+        wait_for(lambda: f"the pool at {endpoint} answers again" in node.output(), 5,
+                 what="the log saying the pool is back")
+    finally:
+        alice.stop()

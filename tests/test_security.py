@@ -207,10 +207,12 @@ def raw_login(port: int, source: str, name: str, password: str) -> bool:
         ws.close()
 
 
-def test_failed_logins_grow_a_delay_per_address_and_per_username(daemons, tmp_path):
-    """After failures (0.5 s, 1 s, 2 s...) even the right password is refused, from that
-    address (any user) and for that user (any address); other users elsewhere are not
-    affected; after the delay the right password works."""
+def test_failed_logins_grow_a_delay_per_address_and_username(daemons, tmp_path):
+    """After failures (0.5 s, 1 s, 2 s...) even the right password is refused for that user
+    from that address; the same user from another address, and another user from the same
+    address, are not refused (a name is only slowed; an address is refused only after more
+    failures than one user's typos: tests/test_hostile_net.py); after the delay the right
+    password works."""
     users = make_users(tmp_path, alice="wonderland-42", bob="builder-42")
     d = daemons("-a", "--users", str(users), workers=1)
     assert not sio_login(d.url, "alice", "guess-one")
@@ -221,10 +223,9 @@ def test_failed_logins_grow_a_delay_per_address_and_per_username(daemons, tmp_pa
     failed_at = time.monotonic()
     assert not sio_login(d.url, "alice", "guess-three")     # a 2 s penalty now
     assert not sio_login(d.url, "alice", "wonderland-42"), "same address, same user"
-    assert not sio_login(d.url, "bob", "builder-42"), "same address, other user"
-    assert not raw_login(d.port, "127.0.0.2", "alice", "wonderland-42"), "other address, user"
-    assert raw_login(d.port, "127.0.0.2", "bob", "builder-42"), "other address and user"
     assert time.monotonic() - failed_at < 1.8, "the checks ran inside the penalty"
+    assert sio_login(d.url, "bob", "builder-42"), "same address, other user"
+    assert raw_login(d.port, "127.0.0.2", "alice", "wonderland-42"), "other address"
     ok_at = wait_for(lambda: sio_login(d.url, "alice", "wonderland-42") and time.monotonic(),
                      10, interval=0.2, what="alice admitted after the delay")
     assert ok_at - failed_at >= 1.9, "the third failure's delay is 2 s"
@@ -232,8 +233,8 @@ def test_failed_logins_grow_a_delay_per_address_and_per_username(daemons, tmp_pa
     log = d.output()
     assert log.count("login failed for user 'alice' from 127.0.0.1") == 3
     assert "login refused for user 'alice' from 127.0.0.1: too many failed logins" in log
-    assert "login refused for user 'bob' from 127.0.0.1: too many failed logins" in log
-    assert "login refused for user 'alice' from 127.0.0.2: too many failed logins" in log
+    assert "login refused for user 'bob'" not in log
+    assert "login refused for user 'alice' from 127.0.0.2" not in log
     for secret in ("guess-one", "guess-two", "guess-three", "wonderland-42", "builder-42"):
         assert secret not in log
 
@@ -340,7 +341,9 @@ def test_runtime_sockets_are_closed_to_other_users_and_no_secret_is_served(
     authentication of its own); /healthz and /metrics show no password, hash or salt."""
     passwords = {"alice": "wonderland-7", "bob": "builder-7"}
     users = make_users(tmp_path, **passwords)
-    d = daemons("-a", "--users", str(users), workers=1)
+    # the test reads client names: a loopback caller may (without the flag, see
+    # tests/test_hostile_net.py, only totals are served under -a)
+    d = daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
     for name in ("", "frames", "bus-in", "bus-out"):
         path = d.runtime_dir / name
         mode = os.stat(path).st_mode

@@ -3,6 +3,7 @@ reload, and the worker count signals."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 import requests
 import socketio
 
+from camstream import opencv, service
 from camstream.cli import CliError, build_parser, parse_serve
 from conftest import ROOT, make_jpeg, make_users, wait_for
 
@@ -245,3 +247,104 @@ def test_ttin_and_ttou_change_the_worker_count(daemons):
     time.sleep(0.5)
     assert d.health()["workers"]["alive"] == 1
     assert os.path.exists(d.runtime_dir)
+
+
+# -- the recipe, the README and the unit agree -------------------------------------------------
+
+def unit_setting(key: str) -> str:
+    (value,) = re.findall(rf"^{key}=(.*)$", (ROOT / "systemd" / "camstream.service").read_text(),
+                          re.M)
+    return value
+
+
+def test_the_readme_shows_the_recipe_exactly():
+    """README.md's service block is the recipe as printed in the clone's own folder (what
+    tests/test_systemd_real.py runs, from a wheel's copy)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run as a service"):]
+    block = re.search(r"^```sh\n(.*?)^```", section, re.S | re.M).group(1)
+    assert block == service.render(Path("systemd"), Path("."), " from this clone")
+
+
+def test_the_printed_recipe_names_this_tree_never_an_index():
+    text = subprocess.run([sys.executable, "-m", "camstream", "systemd"], capture_output=True,
+                          text=True, timeout=30, check=True).stdout
+    assert "pip install camstream" not in text
+    assert f"pip install '{ROOT}[headless]'" in text, text
+
+
+@pytest.mark.parametrize("key, directory", [("ConfigurationDirectoryMode", "/etc/camstream"),
+                                            ("StateDirectoryMode", "/var/lib/camstream")])
+def test_unit_and_recipe_make_directories_alike(key, directory):
+    """systemd warns on every start when a directory exists with another mode than the unit's
+    (and the recipe makes them first)."""
+    modes = re.findall(rf"install -d -m (\d+) .*{re.escape(directory)}$", service.RECIPE, re.M)
+    assert modes == [unit_setting(key)]
+
+
+def test_the_reload_needs_no_kill_binary():
+    assert unit_setting("ExecReload") == "/opt/camstream/bin/camstream reload $MAINPID"
+
+
+def test_reload_signals_the_daemon(daemons):
+    d = daemons(workers=1)
+    result = subprocess.run([sys.executable, "-m", "camstream", "reload", str(d.proc.pid)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "SIGHUP: reloading" in d.output(), 10, what="the reload")
+
+
+@pytest.mark.parametrize("pid, message", [("1", "is not camstream"),
+                                          ("4194304", "no process 4194304")])
+def test_reload_refuses_what_is_not_a_daemon(pid, message):
+    result = subprocess.run([sys.executable, "-m", "camstream", "reload", pid],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+
+
+# -- OpenCV: headless or GUI, never needed where it is not used ---------------------------------
+
+WITHOUT_OPENCV = ("import sys; sys.modules['cv2'] = None; from camstream.cli import main; "
+                  "sys.exit(main(sys.argv[1:]))")
+
+
+def without_opencv(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """camstream on a machine where ``import cv2`` fails."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_OPENCV, *argv], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_status_users_keys_need_no_opencv(daemons, tmp_path):
+    d = daemons(workers=1)
+    status = without_opencv("status", d.url)
+    assert status.returncode == 0 and "workers" in status.stdout, status.stderr
+    users = tmp_path / "users"
+    add = subprocess.run([sys.executable, "-c", WITHOUT_OPENCV, "users", "add", "kim",
+                          "--users", str(users), "--password-stdin"], input="pw\n",
+                         capture_output=True, text=True, timeout=60)
+    assert add.returncode == 0, add.stderr
+    listed = without_opencv("users", "list", "--users", str(users))
+    assert listed.stdout.split() == ["kim"], listed.stderr
+    keys = without_opencv("keys", "generate", str(tmp_path / "keys"))
+    assert keys.returncode == 0 and (tmp_path / "keys" / "server.key").exists(), keys.stderr
+    for verb in (["systemd"], ["reload", "1"]):
+        assert "Traceback" not in without_opencv(*verb).stderr
+
+
+def test_serve_without_opencv_says_what_to_install(tmp_path):
+    result = without_opencv("serve", "-p", "1", "--runtime-dir", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "OpenCV is not installed" in result.stderr
+    assert "camstream[headless]" in result.stderr and "camstream[gui]" in result.stderr
+
+
+def test_a_gui_build_without_x_libraries_is_explained():
+    error = ImportError("libxcb.so.1: cannot open shared object file: No such file or directory")
+    line = opencv.explain(error)
+    assert "libxcb.so.1" in line and "opencv-python-headless" in line and "\n" not in line
+
+
+def test_this_venv_has_the_gui_build_for_the_display_tests():
+    import cv2
+    assert opencv.has_gui(cv2)

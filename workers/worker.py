@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import cv2
@@ -35,6 +36,7 @@ import zmq
 from camstream import bus, proc, wire
 from camstream.reach import Reach
 from camstream.wire import Header
+from workers import jpeg as jpeg_check
 from workers import processors
 from workers.recorder import Recorder
 
@@ -46,32 +48,82 @@ DRAIN_IDLE_MS = 200    # a stopping worker's pipe has run dry when nothing came 
 HANDOFF_S = 1.0        # ingest reads reports every 0.5 s: then routes no more to a stopping one
 
 
-def decode(jpeg: memoryview) -> tuple[np.ndarray | None, str]:
-    """A whole JPEG decoded, or None and why. imdecode alone would also take a PNG, and would
-    return the top of a truncated JPEG; its pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS, set by the
-    supervisor) stops a small file that declares huge dimensions before it allocates them."""
-    if jpeg[:2] != b"\xff\xd8":
-        return None, "is not a JPEG"
-    if b"\xff\xd9" not in bytes(jpeg[-32:]):
-        return None, "is a truncated JPEG (no end marker)"
+def decode(jpeg: memoryview, max_pixels: int = jpeg_check.DEFAULT_MAX_PIXELS
+           ) -> tuple[np.ndarray | None, str, str]:
+    """A whole JPEG decoded, or None, a reason (a counter's key) and the detail. Its markers
+    are read first (:mod:`workers.jpeg`): imdecode alone would take a PNG, return the top of a
+    truncated JPEG, allocate what a tiny file declares, and replay every scan of a progressive
+    one; OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS) stays as a second line."""
+    reason, detail = jpeg_check.problem(jpeg, max_pixels)
+    if reason:
+        return None, reason, detail
     try:
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
-    return (image, "") if image is not None else (None, "is not a decodable JPEG")
+    if image is None:
+        return None, "not decodable", "is not a decodable JPEG"
+    return image, "", ""
 
 
 class Counts:
     __slots__ = ("processed", "errors", "processor_errors", "recorded", "record_errors",
-                 "record_dropped")
+                 "record_dropped", "errors_by")
+
+    NUMBERS = __slots__[:-1]   # what a report carries per client; errors_by goes apart
 
     def __init__(self) -> None:
         self.processed = 0
         self.errors = 0            # frames not processed: undecodable, or the processor failed
+        self.errors_by: dict[str, int] = {}  # errors per reason (a few fixed words)
         self.processor_errors = 0  # of which the processor failed (raised, or a bad result)
         self.recorded = 0          # --record: files written
         self.record_errors = 0     # --record: writes that failed (disk full, unwritable...)
         self.record_dropped = 0    # --record: frames the disk could not keep up with
+
+    def error(self, reason: str) -> None:
+        self.errors += 1
+        self.errors_by[reason] = self.errors_by.get(reason, 0) + 1
+
+
+class Deadline:
+    """``--frame-timeout``: a frame whose decoding and processing outlast it is counted as an
+    error, reported, and the worker exits (status EXIT_STUCK) so that the supervisor replaces
+    it at once: a stuck decode cannot be interrupted, and would hold its frames and its slot
+    in the pipeline until the heartbeat timeout. A thread of its own, which touches the bus
+    only while the worker's loop is inside the frame (never while the loop uses the bus)."""
+
+    EXIT_STUCK = 3
+
+    def __init__(self, worker: Worker, seconds: float) -> None:
+        self.worker = worker
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.current: tuple | None = None   # (header, counts, monotonic start)
+        threading.Thread(target=self._watch, name="frame-deadline", daemon=True).start()
+
+    def begin(self, header: Header, counts: Counts) -> None:
+        with self.lock:
+            self.current = (header, counts, time.monotonic())
+
+    def end(self) -> None:
+        with self.lock:
+            self.current = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(0.1, self.seconds / 4))
+            with self.lock:
+                if self.current is None or time.monotonic() - self.current[2] < self.seconds:
+                    continue
+                header, counts, _ = self.current
+                counts.error("over --frame-timeout")
+                log.error("%s: frame %d (%d bytes) took over %g s (--frame-timeout): counted "
+                          "as an error; this worker exits to be replaced", header.client,
+                          header.seq, header.size, self.seconds)
+                self.worker.publish_stats()
+                time.sleep(0.2)  # the report leaves through libzmq's I/O thread
+                os._exit(self.EXIT_STUCK)
 
 
 class Worker:
@@ -99,6 +151,8 @@ class Worker:
         self.stopping = False
         self.started = time.time()
         self._errors_logged: set[str] = set()
+        self.max_pixels = config.max_pixels
+        self.deadline = Deadline(self, config.frame_timeout)
 
     def run(self, wakeup: int | None = None) -> None:
         """Until told to stop and drained. ``wakeup``: a file descriptor that becomes
@@ -147,15 +201,33 @@ class Worker:
             counts = self.counts[header.client] = Counts()
             self.finished[header.client] = []
         self.finished[header.client].append(header.seq)  # reported once this frame is done
-        image, problem = decode(parts[1].buffer)
+        self.deadline.begin(header, counts)
+        try:
+            outcome = self.work(parts[1].buffer, header, counts)
+        finally:
+            self.deadline.end()
+        if outcome is None:
+            return
+        payload, jpeg = outcome
+        counts.processed += 1
+        self.bus_pub.send_multipart(
+            [wire.topic(wire.PROCESSED, header.client), parts[0], payload, jpeg], copy=False)
+        if self.recorder:
+            self.recorder.put(header, parts[1], payload, counts)
+
+    def work(self, data: memoryview, header: Header, counts: Counts
+             ) -> tuple[bytes, bytes] | None:
+        """Decode and process one frame (under the deadline): the result's JSON and the
+        annotated JPEG, or None when it was counted as an error."""
+        image, reason, problem = decode(data, self.max_pixels)
         if image is None:
-            counts.errors += 1
-            self.log_once(problem, "%s: frame %d (%d bytes) %s", header.client, header.seq,
+            counts.error(reason)
+            self.log_once(reason, "%s: frame %d (%d bytes) %s", header.client, header.seq,
                           header.size, problem)
             if self.recorder:
-                self.recorder.put(header, parts[1], json.dumps({"error": problem}).encode(),
+                self.recorder.put(header, data, json.dumps({"error": problem}).encode(),
                                   counts)
-            return
+            return None
         try:
             result = self.process(image, header)
             annotated = None
@@ -170,28 +242,26 @@ class Worker:
             payload = json.dumps(result, separators=(",", ":")).encode()
             jpeg = b"" if annotated is None else cv2.imencode(".jpg", annotated)[1]
         except Exception as exc:  # a processor bug costs this frame, not the worker
-            counts.errors += 1
+            counts.error("processor failed")
             counts.processor_errors += 1
             self.log_once("processor " + type(exc).__name__, "processor failed on %s frame "
                           "%d: %r", header.client, header.seq, exc)
             if self.recorder:
-                self.recorder.put(header, parts[1], json.dumps(
+                self.recorder.put(header, data, json.dumps(
                     {"error": f"processor failed: {exc!r}"}).encode(), counts)
-            return
-        counts.processed += 1
-        self.bus_pub.send_multipart(
-            [wire.topic(wire.PROCESSED, header.client), parts[0], payload, jpeg], copy=False)
-        if self.recorder:
-            self.recorder.put(header, parts[1], payload, counts)
+            return None
+        return payload, jpeg
 
     def publish_stats(self) -> None:
-        clients = {name: {key: getattr(c, key) for key in Counts.__slots__}
-                   for name, c in self.counts.items()}
+        counts = list(self.counts.items())
+        clients = {name: {key: getattr(c, key) for key in Counts.NUMBERS}
+                   for name, c in counts}
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
              "host": HOST, "remote": self.remote, "stopping": self.stopping, "clients": clients,
-             "done": {name: seqs for name, seqs in self.finished.items() if seqs}}))
+             "done": {name: seqs for name, seqs in self.finished.items() if seqs},
+             "errors_by": {name: dict(c.errors_by) for name, c in counts if c.errors_by}}))
         for seqs in self.finished.values():
             seqs.clear()
 

@@ -30,7 +30,10 @@ function parseArgs(argv) {
                  "reconnection-delay": 0, "reconnection-delay-max": 0 };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, "");
-    if (["websocket", "polling", "b64", "insecure", "auth"].includes(key)) { opts[key] = true; continue; }
+    if (["websocket", "polling", "b64", "insecure", "auth"].includes(key)) {
+      opts[key] = true;
+      continue;
+    }
     if (!(key in opts) || i + 1 >= argv.length) {
       console.error(`unknown or incomplete option ${argv[i]}`);
       process.exit(2);
@@ -63,7 +66,8 @@ function main() {
                     error: null, connects: 0, logins: 0, disconnects: [], handshake: null };
   const started = Date.now();
   const options = {
-    transports: opts.websocket ? ["websocket"] : opts.polling ? ["polling"] : ["polling", "websocket"],
+    transports: opts.websocket ? ["websocket"]
+      : opts.polling ? ["polling"] : ["polling", "websocket"],
     forceBase64: opts.b64,
     reconnection: true,
     forceNew: true,
