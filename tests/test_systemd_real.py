@@ -355,7 +355,8 @@ class Streamer:
 
 
 def health(url: str) -> dict:
-    return requests.get(url + "/healthz", timeout=3).json()
+    """/healthz as a user of the users file sees it (under -a, client names need a login)."""
+    return requests.get(url + "/healthz", auth=("alice", PASSWORDS["alice"]), timeout=3).json()
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -466,8 +467,12 @@ def test_headless_opencv_without_x_libraries(machine, service):
 
 
 def test_a_client_streams_into_serve_a(machine, service, alice):
-    wait_for(lambda: health(service)["clients"]["alice"]["processed"] >= 10, 30,
-             what="alice's frames processed")
+    try:
+        wait_for(lambda: health(service)["clients"]["alice"]["processed"] >= 10, 30,
+                 what="alice's frames processed")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; /healthz: {health(service)}; the journal:\n" +
+                             "\n".join(messages(machine.journal())[-30:])) from None
     with pytest.raises(socketio.exceptions.ConnectionError):  # -a: a wrong password is refused
         sio = socketio.Client(reconnection=False)
         try:
@@ -645,9 +650,9 @@ def test_stop_drains_and_leaves_nothing(machine, service, alice):
     assert "stopped" in "\n".join(messages(entries)), text
     assert "SIGKILL" not in text and "Killing" not in text and "timed out" not in text, text
     assert machine.processes("camstream") == []
-    procs = machine.sh(f"cat /sys/fs/cgroup/unified{group}/cgroup.procs "
-                       f"/sys/fs/cgroup{group}/cgroup.procs 2>/dev/null || true").stdout
-    assert procs.strip() == "", procs
+    procs = machine.sh(f"grep -H . /sys/fs/cgroup/unified{group}/cgroup.procs "
+                       f"/sys/fs/cgroup/systemd{group}/cgroup.procs 2>/dev/null || true").stdout
+    assert procs.strip() == "", procs + "\n" + "\n".join(machine.processes(""))
 
 
 def test_every_line_of_the_recipe_was_run(recipe):
