@@ -174,7 +174,9 @@ def _buffer(part):
 
 
 class Subscription:
-    """Frames (and, with ``events=True``, join/leave events) of a running daemon.
+    """Frames (and, with ``events=True``, join/leave events) of a running daemon: the one
+    serving ``port`` (its default runtime directory, as ``camstream serve -p PORT`` uses), or
+    the one in ``runtime_dir``.
 
     ``client``: a name or names to receive (default: every client). ``raw`` and
     ``processed``: which kinds of frame. ``hwm``: frames held unread before the bus drops the
@@ -184,13 +186,13 @@ class Subscription:
 
     def __init__(self, runtime_dir: str | None = None, client: str | Iterable[str] | None = None,
                  raw: bool = True, processed: bool = True, events: bool = False,
-                 hwm: int = FRAME_HWM, check: bool = True) -> None:
+                 hwm: int = FRAME_HWM, check: bool = True, port: int = 8080) -> None:
         import zmq
 
         from camstream.rundir import default
         if not raw and not processed:
             raise ValueError("frames(): raw=False and processed=False leaves nothing to receive")
-        self.runtime_dir = runtime_dir or default(8080)  # a daemon on the default port
+        self.runtime_dir = runtime_dir or default(port)
         if check:
             check_daemon(self.runtime_dir)
         names = [client] if isinstance(client, str) else list(client or [])
@@ -274,17 +276,19 @@ class Subscription:
 
 
 def frames(client: str | Iterable[str] | None = None, *, raw: bool = True,
-           processed: bool = True, runtime_dir: str | None = None,
+           processed: bool = True, port: int = 8080, runtime_dir: str | None = None,
            timeout: float | None = None) -> Iterator[Frame]:
     """Yield the frames of a running daemon, newest first-come, until the loop ends.
 
     ``client``: only this name (or these names). ``raw``/``processed``: which kinds (a
     processed frame carries ``result``; its ``image`` is the worker's annotated picture or the
-    raw frame it is about). ``runtime_dir``: the daemon's (default: as ``camstream serve``).
+    raw frame it is about). ``port``: the daemon's port, which names its default runtime
+    directory (as ``camstream display -p PORT`` finds it); ``runtime_dir``: its
+    ``--runtime-dir`` instead.
     ``timeout``: stop after this many seconds without a frame (default: wait forever).
     Raises :class:`NoDaemon` when no daemon is running there.
     """
-    sub = Subscription(runtime_dir, client, raw=raw, processed=processed)
+    sub = Subscription(runtime_dir, client, raw=raw, processed=processed, port=port)
     try:
         while True:
             frame = sub.next(timeout)

@@ -23,7 +23,9 @@ def https_daemon(daemons, tmp_path):
     d = daemons("-a", "--users", str(users), "--metrics-trust-loopback", "--certfile", cert,
                 "--keyfile", key, workers=1, ready=False)
     d.url = d.url.replace("http:", "https:")
-    d.health = lambda: requests.get(d.url + "/healthz", timeout=2, verify=cert).json()
+    # under -a /healthz names clients only to a user of the users file
+    d.health = lambda: requests.get(d.url + "/healthz", timeout=2, verify=cert,
+                                    auth=("phone", "secret-pass")).json()
     d.wait_ready()
     return d
 
