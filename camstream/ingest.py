@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -32,13 +33,17 @@ import prometheus_client
 import socketio
 import zmq as zmq_plain
 import zmq.green as zmq
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
 
-from camstream import bus, camerapage, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, camerapage, httpguard, legacy, proc, sioserver, wire, wsfast
 from camstream.config import Config
 from camstream.dispatch import Dispatcher
-from camstream.limits import ConnectionCount, FrameRate, LoginThrottle, transport_cap
+from camstream.limits import (
+    ConnectionCount,
+    FrameRate,
+    IncompleteEvents,
+    LoginThrottle,
+    transport_cap,
+)
 from camstream.routing import Router
 from camstream.rundir import RuntimeDirError
 from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
@@ -87,6 +92,7 @@ class Ingest:
         self.users = users
         self.ledger = Ledger(restarted)
         self.ledger.own_clients_only = config.ingest_only
+        self.ledger.forget_after = config.forget_after
         if not config.ingest_only:  # the pool's count comes with its first report
             self.ledger.workers_configured = config.workers
         self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
@@ -96,6 +102,10 @@ class Ingest:
         self.connections = ConnectionCount(config.max_connections_per_ip)
         self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
         self.throttle = LoginThrottle()
+        self.on_heartbeat: list = []  # what else runs twice a second
+        self.incomplete = IncompleteEvents(transport_cap(config.max_frame_bytes),
+                                           config.max_incomplete_bytes,
+                                           config.incomplete_timeout)
         self.serving = False
         self.draining = False
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
@@ -173,7 +183,7 @@ class Ingest:
         conn.name = name
         conn.counts = self.ledger.client(name)
         conn.rate = FrameRate(self.config.max_fps)
-        self.ledger.connected[name] = self.ledger.connected.get(name, 0) + 1
+        self.ledger.joined(name)
         self.dispatcher.open(conn.number, name, conn.counts)
         self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
         log.info("%s logged in as %r", conn.label, name)
@@ -208,8 +218,7 @@ class Ingest:
 
     def _leave(self, conn: Conn) -> None:
         self.dispatcher.close(conn.number)
-        left = self.ledger.connected.get(conn.name, 1) - 1
-        self.ledger.connected[conn.name] = left
+        left = self.ledger.left(conn.name)
         if not left:
             self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
         conn.name = None
@@ -372,6 +381,8 @@ class Ingest:
             self.check_endpoints()
             self.check_pool()
             self.ledger.checkpoint()
+            for task in self.on_heartbeat:
+                task()
             if self.dispatcher.router:
                 self.dispatcher.check()
             health = self.ledger.health()
@@ -475,6 +486,9 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         # third); only beyond that does the transport drop the connection
         max_http_buffer_size=transport_cap(config.max_frame_bytes),
         serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
+    sio.incomplete = ingest.incomplete  # bytes held for events awaiting attachments
+    sio.hits = ingest.ledger.limit_hits
+    ingest.on_heartbeat.append(sio.expire_incomplete)
 
     @sio.event
     def connect(sid, environ, auth=None):
@@ -556,7 +570,7 @@ def close_transports(sio: sioserver.Server, old: legacy.LegacyServer) -> int:
     return sio.eio.drop_all() + old.drop_all()
 
 
-class Handler(WebSocketHandler):
+class Handler(httpguard.GuardedHandler):
     """gevent-websocket's request handler, closing the connection after a refused websocket
     upgrade (426, 400) and a 503 (the drain), and saying so (``Connection: close``, a header
     WSGI apps may not set). gevent-websocket closed after a refused upgrade without saying it:
@@ -572,7 +586,7 @@ class Handler(WebSocketHandler):
         return super().start_response(status, headers, exc_info)
 
 
-class Server(WSGIServer):
+class Server(httpguard.GuardedServer):
     """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
     port, a port scanner) one log line at most every ten seconds, not a traceback each; and
     each connection without Nagle's delay (TCP_NODELAY, as Node's http server): pywsgi writes
@@ -601,6 +615,17 @@ class Server(WSGIServer):
                             "most every 10 s)", address[0], getattr(e, "reason", None) or e)
 
 
+def raise_file_limit() -> None:
+    """Each connection is a file descriptor: take the hard limit (a unit's LimitNOFILE=)
+    rather than the soft one a shell leaves (often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
+
+
 def main() -> int:
     config = proc.child_start("ingest")
     listener = gevent.socket.socket(fileno=int(sys.argv[2]))  # the supervisor's, inherited
@@ -609,16 +634,22 @@ def main() -> int:
     except UsersError as e:
         log.error("%s", e)
         return 2
-    wsfast.install(transport_cap(config.max_frame_bytes))  # before a payload is read
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
+    # websocket messages bounded before their payload is read (counted in /healthz limits)
+    wsfast.install(transport_cap(config.max_frame_bytes), ingest.ledger.limit_hits)
     sio = socketio_server(ingest, config)
     old = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)
     app = refuse_handshakes_while(lambda: ingest.draining, app)
     tls = {"certfile": config.certfile, "keyfile": config.keyfile} if config.certfile else {}
     server = Server(listener, app, handler_class=Handler, log=None,
-                        error_log=logging.getLogger("camstream.http"), **tls)
+                    error_log=logging.getLogger("camstream.http"),
+                    header_timeout=config.header_timeout,
+                    handshake_timeout=config.handshake_timeout,
+                    max_pending=config.max_pending_connections, hits=ingest.ledger.limit_hits,
+                    **tls)
+    raise_file_limit()
     # gevent-websocket logs every HTTP request at INFO (each long-poll): only in debug
     server.logger = logging.getLogger("camstream.http.access")
     if config.log_level != "debug":

@@ -451,6 +451,8 @@ class Session:
         if self.ws is None:
             self.queue.put((CLOSE, None) if goodbye else (NOOP, None))
         self.closed = True
+        self.pending = None
+        self.server.ingest.incomplete.done(("eio3", self.sid))
         self.closed_at = time.monotonic()
         if self.ws is not None or not goodbye:
             self.server.sessions.pop(self.sid, None)
@@ -497,8 +499,14 @@ class Session:
         if self.pending is not None:
             if isinstance(data, str):
                 raise ProtocolError("text message while a binary attachment was expected")
+            budget = self.server.ingest.incomplete
+            reason = budget.add(("eio3", self.sid), len(data))
+            if reason:
+                self.server.ingest.ledger.limit_hits["incomplete_bytes"] += 1
+                raise ProtocolError(reason)
             if add_attachment(self.pending, data):
                 pkt, self.pending = self.pending, None
+                budget.done(("eio3", self.sid))
                 self.on_sio(pkt)
             return
         if not isinstance(data, str):
@@ -506,6 +514,7 @@ class Session:
         pkt = decode_sio(data)
         if pkt.attachment_count:
             self.pending = pkt
+            self.server.ingest.incomplete.start(("eio3", self.sid))  # --incomplete-timeout
         else:
             self.on_sio(pkt)
 
@@ -812,6 +821,7 @@ class LegacyServer:
             if not session.closed:
                 session.protocol_error(str(e))
         except MessageTooBig as e:  # its payload unread: 1009, then the session closes
+            self.ingest.ledger.limit_hits["message_too_big"] += 1
             if not session.closed:
                 with gevent.Timeout(1.0, False), session.lock:
                     close_with(ws, CLOSE_TOO_BIG, b"message too big")
@@ -837,6 +847,13 @@ class LegacyServer:
         period = min(1.0, limit / 5)
         while True:
             now = time.monotonic()
+            for _, sid in self.ingest.incomplete.expired("eio3"):  # awaited attachments too long
+                self.ingest.incomplete.done(("eio3", sid))
+                session = self.sessions.get(sid)
+                if session is not None and not session.closed:
+                    self.ingest.ledger.limit_hits["incomplete_timeout"] += 1
+                    gevent.spawn(session.protocol_error, "an event awaited its attachments over "
+                                 f"{self.ingest.incomplete.timeout:g} s (--incomplete-timeout)")
             wake = now + period
             for session in list(self.sessions.values()):
                 if session.closed:

@@ -143,3 +143,48 @@ class ConnectionCount:
 
     def first_refusal(self, address: str) -> bool:
         return self.refused_from.get(address) == 1
+
+
+class IncompleteEvents:
+    """Bytes held for events whose binary attachments have not all arrived (both protocol
+    revisions): one connection at most ``per_connection`` (one message's worth), all of
+    them together at most ``total``, each event for ``timeout`` seconds at most. A client
+    announcing attachments it never sends held 42 MB per Engine.IO 3 session before."""
+
+    def __init__(self, per_connection: int, total: int, timeout: float) -> None:
+        self.per_connection = per_connection
+        self.total = total
+        self.timeout = timeout
+        self.held: dict = {}  # (kind, id) -> [bytes held, monotonic start]
+        self.bytes = 0
+
+    def start(self, key) -> None:
+        """An event announced attachments: its clock starts."""
+        if key not in self.held:
+            self.held[key] = [0, time.monotonic()]
+
+    def add(self, key, nbytes: int) -> str:
+        """An attachment arrived; a reason to close the connection, or ""."""
+        entry = self.held.setdefault(key, [0, time.monotonic()])
+        if entry[0] + nbytes > self.per_connection:
+            return (f"an event's attachments over {self.per_connection} bytes "
+                    "(--max-frame-size)")
+        if self.bytes + nbytes > self.total:
+            return f"incomplete events hold {self.bytes} bytes (--max-incomplete-bytes)"
+        entry[0] += nbytes
+        self.bytes += nbytes
+        return ""
+
+    def done(self, key) -> None:
+        """The event completed, or its connection went."""
+        entry = self.held.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[0]
+
+    def expired(self, kind: str) -> list:
+        """Keys ``(kind, id)`` of the events of that kind (the protocol revision) older than
+        ``timeout``, still held: the caller closes their connections."""
+        before = time.monotonic() - self.timeout
+        return [key for key, (_, start) in self.held.items()
+                if key[0] == kind and start < before]
+

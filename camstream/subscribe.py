@@ -75,8 +75,10 @@ class Frame:
     ``processed`` is False for a frame as ingest accepted it, True for a worker's output; then
     ``result`` is the processor's result dict and ``annotated`` says whether ``jpeg`` is the
     worker's own picture (else it is the raw frame the result is about, or the newest raw
-    frame seen, when raw frames are received too).
-    ``image`` is decoded from ``jpeg`` on first use (BGR, as OpenCV makes it), or None.
+    frame seen, when raw frames are received too: results that come before any raw frame of
+    their client, just after attaching, are skipped then, so every frame has a picture).
+    ``image`` is decoded from ``jpeg`` on first use (BGR, as OpenCV makes it), or None when
+    there are no bytes or they are not a JPEG that OpenCV can decode (a client sent garbage).
     """
 
     client: str
@@ -220,8 +222,11 @@ class Subscription:
             except zmq.Again:
                 return
             frame = decode(parts, self.recent_raw)
-            if frame is not None and (frame.processed or self.raw):
-                yield frame
+            if frame is None or not (frame.processed or self.raw):
+                continue
+            if frame.processed and not len(frame.jpeg) and self.recent_raw is not None:
+                continue  # a result from before we attached: no raw frame of it to show yet
+            yield frame
 
     def events(self) -> Iterator[Event]:
         """The join/leave events waiting now, without blocking."""

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import struct
@@ -103,6 +104,7 @@ def receive(self: WebSocket):
     except MessageTooBig as e:
         address = (self.environ or {}).get("REMOTE_ADDR", "?")
         log.warning("websocket from %s: %s; closing it (1009)", address, e)
+        WebSocket.hits["message_too_big"] += 1
         close_with(self, CLOSE_TOO_BIG, b"message too big")
         return None
 
@@ -125,9 +127,11 @@ def close_with(ws: WebSocket, code: int, reason: bytes = b"") -> None:
     ws.close()
 
 
-def install(max_message: int = 1 << 62) -> None:
+def install(max_message: int = 1 << 62, hits: collections.Counter | None = None) -> None:
     """Patch gevent-websocket: the fast unmask, and messages bounded to ``max_message``
-    bytes (ingest passes its transport cap; the default is no bound)."""
+    bytes (ingest passes its transport cap; the default is no bound), each refusal counted
+    in ``hits["message_too_big"]``."""
+    WebSocket.hits = hits if hits is not None else collections.Counter()
     Header.mask_payload = unmask
     Header.unmask_payload = unmask
     WebSocket.max_message = max_message

@@ -200,6 +200,7 @@ def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemon
     print(f"EIO{eio}: sent {sent} MB of a 2 GiB frame; ingest RSS {before:.0f} -> "
           f"{peak:.0f} MB; close code {code}")
     assert code == 1009
+    assert d.health()["limits"].get("message_too_big") == 1
     assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
     assert other["error"] is None and other["failed"] == 0
 
@@ -401,3 +402,199 @@ class SourceAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         kwargs["source_address"] = (self.source, 0)
         super().init_poolmanager(*args, **kwargs)
+
+
+# -- 9. slowloris: half-open requests and TLS handshakes ----------------------------------------
+
+def half_open(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that start a request and never finish its headers."""
+    socks = []
+    for _ in range(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), 5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks.append(s)
+        except OSError:
+            break
+    return socks
+
+
+@pytest.mark.parametrize("pending", [None, "2000"])
+def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
+    """Ingest at systemd's default of 1,024 files; 3,000 connections each send half a
+    request and wait. A real client still connects and streams, /healthz answers; should an
+    accept fail with EMFILE, it is one log line, not a traceback (with
+    --max-pending-connections over the file limit, half the limit is the cap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8000), hard))
+    args = ("--max-pending-connections", pending) if pending else ()
+    d = daemons(*args, workers=1)
+    ingest = d.child("ingest")
+    subprocess.run(["prlimit", "--pid", str(ingest.pid), "--nofile=1024:1024"], check=True,
+                   timeout=10)
+    socks = half_open(d.port, 3000)
+    try:
+        t0 = time.monotonic()
+        health = requests.get(d.url + "/healthz", timeout=10).json()
+        health_s = time.monotonic() - t0
+        stop = threading.Event()
+        client = streamer(d.url, "real", stop)
+        wait_for(lambda: client["accepted"] >= 10 or client["error"], 20,
+                 what="the real client streaming")
+        stop.set()
+        client["thread"].join(10)
+        fds = ingest.num_fds()
+    finally:
+        for s in socks:
+            s.close()
+    log = d.output()
+    print(f"{len(socks)} half-open connections, max pending {pending or 512}: /healthz in "
+          f"{health_s:.2f} s, the real client {client['accepted']} frames accepted "
+          f"(error {client['error']}), ingest fds {fds}, limits {health['limits']}, "
+          f"EMFILE lines {log.count('out of file descriptors')}, tracebacks "
+          f"{log.count('Traceback')}")
+    assert len(socks) == 3000
+    assert client["error"] is None and client["accepted"] >= 10
+    assert "Traceback" not in log and "Too many open files" not in log
+    assert health["limits"].get("pending_evicted", 0) + \
+        health["limits"].get("file_limit_evicted", 0) >= 1000
+    assert log.count("out of file descriptors") <= 1
+
+
+def test_a_request_whose_headers_never_end_is_closed_after_the_header_timeout(daemons):
+    d = daemons("--header-timeout", "1.5", workers=1)
+    s = half_open(d.port, 1)[0]
+    s.settimeout(5)
+    t0 = time.monotonic()
+    try:
+        got = s.recv(100)
+    except OSError:
+        got = b""
+    took = time.monotonic() - t0
+    s.close()
+    assert got == b"" and 1.0 < took < 4, (got, took)
+    assert d.health()["limits"].get("header_timeout") == 1
+
+
+def test_a_tls_handshake_never_finished_is_closed_after_the_handshake_timeout(daemons,
+                                                                               tmp_path):
+    from test_security import make_cert
+    cert, key = make_cert(tmp_path)
+    d = daemons("--certfile", cert, "--keyfile", key, "--handshake-timeout", "1.5", workers=1,
+                ready=False)
+    wait_for(lambda: requests.get(d.url.replace("http:", "https:") + "/healthz", timeout=2,
+                                  verify=False).json()["workers"]["alive"] >= 1, 30,
+             what="the TLS daemon")
+    s = socket.create_connection(("127.0.0.1", d.port), 5)
+    s.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and nothing more
+    s.settimeout(5)
+    t0 = time.monotonic()
+    try:
+        got = s.recv(100)
+    except OSError:
+        got = b""
+    took = time.monotonic() - t0
+    s.close()
+    assert got == b"" and 1.0 < took < 4, (got, took)
+    limits = requests.get(d.url.replace("http:", "https:") + "/healthz", timeout=5,
+                          verify=False).json()["limits"]
+    assert limits.get("handshake_timeout") == 1, limits
+    assert "Traceback" not in d.output()
+
+
+# -- 8. binary attachments announced and never sent -------------------------------------------
+
+@pytest.mark.parametrize("eio", [4, 3])
+def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons, eio):
+    """20 unauthenticated websockets each announce 4 attachments and send 3 of 1.5 MB (each
+    under the transport cap): each connection is closed once it holds more than one
+    message's worth; one that announces an attachment and sends nothing is closed after
+    --incomplete-timeout. Ingest's memory stays flat and a streaming client goes on."""
+    d = daemons("--max-frame-size", "1MiB", "--incomplete-timeout", "2", workers=1)
+    stop = threading.Event()
+    other = streamer(d.url, "bystander", stop)
+    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    before = ingest_rss(d)
+    holders, closed = [], 0
+    placeholders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(4))
+    chunk = (b"\x04" if eio == 3 else b"") + b"\xab" * (3 * MiB // 2)
+    for _ in range(20):
+        ws = RawWS(d.port, eio=eio)
+        ws.connect()
+        ws.send(f'454-["frame",{{}},{placeholders}]')
+        for _ in range(3):
+            ws.send(chunk)
+        holders.append(ws)
+    peak = ingest_rss(d)
+    for ws in holders:
+        closed += ws.wait_for(lambda m: False, 5) == CLOSED
+        ws.close()
+    idle = RawWS(d.port, eio=eio)
+    idle.connect()
+    idle.send('451-["frame",{},{"_placeholder":true,"num":0}]')
+    t0 = time.monotonic()
+    idle_end = idle.wait_for(lambda m: False, 10)
+    idle_s = time.monotonic() - t0
+    idle.close()
+    accepted = other["accepted"]
+    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
+    stop.set()
+    other["thread"].join(10)
+    limits = d.health()["limits"]
+    print(f"EIO{eio}: 20 connections x 3 x 1.5 MB of announced attachments: ingest RSS "
+          f"{before:.0f} -> {peak:.0f} MB, {closed} of 20 closed; an idle incomplete event "
+          f"closed after {idle_s:.1f} s ({idle_end}); limits {limits}")
+    assert closed == 20
+    assert peak - before < 40, f"ingest grew {peak - before:.0f} MB"
+    assert idle_end == CLOSED and 1.5 < idle_s < 5
+    assert limits.get("incomplete_bytes") == 20 and limits.get("incomplete_timeout") == 1
+    assert other["error"] is None and other["failed"] == 0
+
+
+def test_incomplete_events_are_bounded_all_together():
+    from camstream.limits import IncompleteEvents
+    budget = IncompleteEvents(per_connection=100, total=250, timeout=10)
+    a, b, c = ("eio4", "a"), ("eio3", "b"), ("eio4", "c")
+    assert budget.add(a, 100) == "" and budget.add(b, 100) == ""
+    assert "max-frame-size" in budget.add(a, 1)
+    assert "max-incomplete-bytes" in budget.add(c, 60)
+    budget.done(a)
+    assert budget.add(c, 60) == "" and budget.bytes == 160
+    assert budget.expired("eio4") == [] and IncompleteEvents(1, 1, -1).expired("eio3") == []
+
+
+# -- 12. client names are forgotten -------------------------------------------------------------
+
+def test_names_that_left_are_folded_and_healthz_stays_small(daemons):
+    """Without -a any name names a stream: 2,000 names log in and leave (10 of them with a
+    frame). After --forget-clients-after their rows are gone from /healthz, folded into
+    'departed' with their frames, and /healthz is small and quick again."""
+    d = daemons("--forget-clients-after", "2", workers=1)
+    jpeg = make_jpeg(160, 120)
+    for i in range(2000):
+        ws = RawWS(d.port, eio=4)
+        ws.connect({"username": f"cam{i}", "password": ""})
+        if i < 10:
+            ws.binary_frame(jpeg, ack=1)
+            ws.wait_for(lambda m: isinstance(m, str) and m.startswith("431"), 5)
+        ws.close()
+    t0 = time.monotonic()
+    full = requests.get(d.url + "/healthz", timeout=10)
+    full_s = time.monotonic() - t0
+    wait_for(lambda: d.health()["departed"]["clients"] == 2000, 20, what="the names folded")
+    wait_for(lambda: d.health()["departed"]["processed"] == 10, 20, what="frames in departed")
+    t0 = time.monotonic()
+    after = requests.get(d.url + "/healthz", timeout=10)
+    after_s = time.monotonic() - t0
+    h = after.json()
+    print(f"2,000 names that left: /healthz {len(full.content)} B in {full_s * 1000:.0f} ms; "
+          f"after folding {len(after.content)} B in {after_s * 1000:.0f} ms; departed "
+          f"{h['departed']}")
+    assert not [n for n in h["clients"] if n.startswith("cam")]
+    assert h["totals"]["received"] == 10 and h["totals"]["processed"] == 10
+    assert len(after.content) < 5000
+    ws = RawWS(d.port, eio=4)
+    ws.connect({"username": "cam3", "password": ""})  # a name that comes back starts anew
+    assert d.health()["clients"]["cam3"]["connected"] == 1
+    ws.close()

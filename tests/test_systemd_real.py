@@ -439,7 +439,7 @@ def test_started_with_a_status_line(machine, recipe, service):
     assert re.search(r'Status: "\d+ clients, [\d.]+ fps in, [\d.]+ fps processed, \d+ dropped, '
                      r'workers 2/2', status), status
     out = machine.sh(recipe.line(r"camstream status http"), user=DESK).stdout
-    assert "workers 2" in out, out
+    assert re.search(r"workers:? 2 (of 2 )?alive", out), out
     journal = machine.journal()
     text = "\n".join(e["MESSAGE"] for e in journal if isinstance(e.get("MESSAGE"), str))
     ready = [m for m in messages(journal) if "ready:" in m]
@@ -624,7 +624,8 @@ def test_watchdog_restarts_a_stopped_supervisor(machine, service, alice):
     took = time.monotonic() - stopped
     text = "\n".join(str(e.get("MESSAGE")) for e in machine.journal(cursor))
     assert "Watchdog timeout" in text, text
-    assert 25 <= took, f"restarted after {took:.0f} s, before WatchdogSec (30 s)"
+    # pings come every WatchdogSec/2 (15 s): the timeout falls 15 to 30 s after the stop
+    assert 14 <= took, f"restarted after {took:.0f} s, before the watchdog could expire"
     since = time.monotonic()
     wait_for(lambda: alice.accepted_since(since) >= 3, 30, what="alice streaming again")
 
