@@ -128,6 +128,16 @@ def test_a_page_whose_daemon_is_gone_keeps_trying_without_a_flood(https_daemon, 
     driver = browsers("--ignore-certificate-errors", *CAMERA).driver
     start_streaming(driver, https_daemon.url, "phone", "secret-pass")
     wait_for(lambda: counter(driver, "accepted") >= 5, 30, what="5 accepted frames")
+    # the page's backoff itself, at every draw of its random number: socket.io-client's
+    waits = driver.execute_script(
+        "return [0, 1, 2, 3, 4, 8].map(a => [...Array(100).keys()].map(i => "
+        "backoffMs(a, () => i / 100)))")
+    for attempt, drawn in zip([0, 1, 2, 3, 4, 8], waits):
+        base = 1000 * 2 ** attempt
+        assert min(drawn) >= min(base // 2, 5000) and max(drawn) <= min(base * 1.5, 5000), \
+            (attempt, min(drawn), max(drawn))
+    assert min(waits[0]) <= 600 and max(waits[0]) >= 1400, "the first wait is not randomised"
+    assert set(waits[-1]) == {5000}, "the waits do not stop growing at 5 s"
     https_daemon.proc.send_signal(signal.SIGTERM)
     assert https_daemon.proc.wait(timeout=20) == 0, https_daemon.output()
     stopped_at = time.monotonic()
