@@ -237,7 +237,7 @@ def send(args: argparse.Namespace, password: str) -> int:
             print(refused_login(args), file=sys.stderr)
             sio.disconnect()
             return 1
-        before = client_counts(args.url, args.username, session.verify)
+        before = client_counts(args.url, args.username, session.verify, password)
     tally.started = time.monotonic()
     no_results_said = False
     live = not args.quiet and sys.stderr.isatty()
@@ -274,7 +274,8 @@ def send(args: argparse.Namespace, password: str) -> int:
             (tally.accepted or args.legacy and tally.sent):
         print(NO_RESULTS, file=sys.stderr)
     if args.legacy and tally.sent:
-        print(counts_line(args, before, tally.sent, session.verify), file=sys.stderr)
+        print(counts_line(args, before, tally.sent, session.verify, password),
+              file=sys.stderr)
     return 0
 
 
@@ -297,23 +298,26 @@ def refused_login(args: argparse.Namespace, retry_in_s: float | None = None) -> 
 COUNTED = ("received", "refused", "dropped", "processed", "errors", "lost")
 
 
-def client_counts(url: str, name: str, verify: bool | str) -> dict | None:
-    """The daemon's counters for client ``name`` (/healthz), None if it does not answer."""
+def client_counts(url: str, name: str, verify: bool | str,
+                  password: str | None = None) -> dict | None:
+    """The daemon's counters for client ``name`` (/healthz, asked as that user: under -a only
+    a user sees client rows), None if it does not answer."""
+    auth = (name, password) if password is not None else None
     try:
-        row = fetch_health(url, timeout=2, verify=verify)["clients"].get(name, {})
+        row = fetch_health(url, timeout=2, verify=verify, auth=auth)["clients"].get(name, {})
         return {k: int(row.get(k, 0)) for k in COUNTED}
     except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def counts_line(args: argparse.Namespace, before: dict | None, sent: int,
-                verify: bool | str, timeout: float = 5.0) -> str:
+                verify: bool | str, password: str, timeout: float = 5.0) -> str:
     """--legacy: what the daemon did with this run's frames, from its /healthz counters for
     the client (the difference since the login: other connections under the same name would
     count too). Waits until every frame received is accounted for, ``timeout`` at most."""
     deadline = time.monotonic() + timeout
     while True:
-        after = client_counts(args.url, args.username, verify)
+        after = client_counts(args.url, args.username, verify, password)
         if after is None or before is None:
             return (f"camstream send: the daemon's counters for {args.username!r} are not "
                     f"available ({args.url}/healthz did not answer)")
@@ -371,8 +375,11 @@ def send_one(sio: socketio.Client, legacy: bool, n: int, jpeg: bytes, tally: Tal
 
 # -- status -------------------------------------------------------------------------------------
 
-def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True) -> dict:
-    resp = requests.get(url.rstrip("/") + "/healthz", timeout=timeout, verify=verify)
+def fetch_health(url: str, timeout: float = 5.0, verify: bool | str = True,
+                 auth: tuple[str, str] | None = None) -> dict:
+    """/healthz; ``auth`` (a user's name and password) lets a caller of a daemon under -a see
+    client rows."""
+    resp = requests.get(url.rstrip("/") + "/healthz", timeout=timeout, verify=verify, auth=auth)
     resp.raise_for_status()
     return resp.json()
 
@@ -407,9 +414,10 @@ def workers_line(w: dict) -> str:
 
 
 def format_health(health: dict) -> str:
-    lines = [f"degraded: {'; '.join(health['reasons'])}"] if health.get("reasons") else []
-    lines.append(f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
-                 f"ingest restarts {health['ingest']['restarts']}")
+    lines = [f"up {duration(health['uptime_s'])}; {workers_line(health['workers'])}; "
+             f"ingest restarts {health['ingest']['restarts']}"]
+    if health.get("reasons"):  # /healthz status "degraded"
+        lines.append(f"degraded: {'; '.join(health['reasons'])}")
     cols = ("received", "dispatched", "dropped", "processed", "errors", "refused")
     routed = any("worker" in row for row in health["clients"].values())  # --route client
     lines.append(f"{'client':<20}{'conn':>5}" + "".join(f"{c:>11}" for c in cols)

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the edges (a daemon, a screen), then show frames until detached."""
     from camstream import proc
 
+    args.runtime_dir = runtime_dir_of(args)  # both views find the daemon by its port
     if args.web:  # the browser view: the same bus, served over HTTP (camstream.webview)
         from camstream import webview
         return webview.run(args)
@@ -83,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
             check_name(args.client)
         except UsersError as e:
             raise CliError(f"--client: {e}") from None
-    args.runtime_dir = runtime_dir_of(args)
     check_daemon(args.runtime_dir)
     require_opencv(gui=not args.snapshot)
     if args.snapshot:

@@ -21,6 +21,7 @@ extension point, so tests/test_conformance.py fails when the libraries change un
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 import urllib.parse
@@ -197,32 +198,46 @@ class EngineIOServer(engineio.Server):
             r["response"] = b"ok"
         return r
 
+    # python-engineio's refusals, as the reference words them (engine.io's Server.errors)
+    REFERENCE_ERRORS = (("Invalid session", 1, "Session ID unknown"),
+                        ("Invalid transport", 0, "Transport unknown"),
+                        ("The client is using an unsupported version", 5,
+                         "Unsupported protocol version"),
+                        ("Bad handshake method", 2, "Bad handshake method"))
+
+    def _bad_request(self, message=None):
+        """A 400 with the reference's body, ``{"code": n, "message": "..."}`` (the legacy
+        revision's too), instead of python-engineio's bare JSON string."""
+        code, text = 3, "Bad request"
+        for prefix, known_code, known_text in self.REFERENCE_ERRORS:
+            if message and message.startswith(prefix):
+                code, text = known_code, known_text
+        return {"status": "400 Bad Request", "headers": [("Content-Type", "application/json")],
+                "response": json.dumps({"code": code, "message": text},
+                                       separators=(",", ":")).encode()}
+
     def handle_request(self, environ, start_response):
         refusal = self._refusal(environ)
-        if refusal:
-            code, message = refusal
-            body = ('{"code":%d,"message":"%s"}' % (code, message)).encode()
-            start_response("400 Bad Request", [("Content-Type", "application/json"),
-                                               ("Content-Length", str(len(body)))]
-                           + self._cors_headers(environ))
-            return [body]
         try:
-            return super().handle_request(environ, start_response)
-        except KeyError as e:  # _get_socket: "Session is disconnected"
-            body = str(e).strip("'").encode()
-            start_response("400 BAD REQUEST", [("Content-Type", "text/plain"),
-                                               ("Content-Length", str(len(body)))])
-            return [body]
+            if refusal:
+                r = self._bad_request(refusal)
+            else:
+                return super().handle_request(environ, start_response)
+        except KeyError:  # _get_socket: "Session is disconnected"
+            r = self._bad_request("Invalid session")
+        start_response(r["status"], r["headers"] + [
+            ("Content-Length", str(len(r["response"])))] + self._cors_headers(environ))
+        return [r["response"]]
 
-    def _refusal(self, environ) -> tuple[int, str] | None:
+    def _refusal(self, environ) -> str | None:
         """What the reference refuses before python-engineio sees it: a request without a
         known ``transport`` (python-engineio assumes polling) and a method other than GET,
-        POST or OPTIONS (python-engineio: 405). Codes and messages as the reference's."""
+        POST or OPTIONS (python-engineio: 405)."""
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
         if query.get("transport", [""])[0] not in self.transports:
-            return 0, "Transport unknown"
+            return "Invalid transport"
         if environ.get("REQUEST_METHOD") not in ("GET", "POST", "OPTIONS"):
-            return (2, "Bad handshake method") if "sid" not in query else (3, "Bad request")
+            return "Bad handshake method" if "sid" not in query else "Bad request"
         return None
 
 

@@ -75,8 +75,10 @@ class Frame:
     ``processed`` is False for a frame as ingest accepted it, True for a worker's output; then
     ``result`` is the processor's result dict and ``annotated`` says whether ``jpeg`` is the
     worker's own picture (else it is the raw frame the result is about, or the newest raw
-    frame seen, when raw frames are received too).
-    ``image`` is decoded from ``jpeg`` on first use (BGR, as OpenCV makes it), or None.
+    frame seen, when raw frames are received too: results that come before any raw frame of
+    their client, just after attaching, are skipped then, so every frame has a picture).
+    ``image`` is decoded from ``jpeg`` on first use (BGR, as OpenCV makes it), or None when
+    there are no bytes or they are not a JPEG that OpenCV can decode (a client sent garbage).
     """
 
     client: str
@@ -172,7 +174,9 @@ def _buffer(part):
 
 
 class Subscription:
-    """Frames (and, with ``events=True``, join/leave events) of a running daemon.
+    """Frames (and, with ``events=True``, join/leave events) of a running daemon: the one
+    serving ``port`` (its default runtime directory, as ``camstream serve -p PORT`` uses), or
+    the one in ``runtime_dir``.
 
     ``client``: a name or names to receive (default: every client). ``raw`` and
     ``processed``: which kinds of frame. ``hwm``: frames held unread before the bus drops the
@@ -182,13 +186,13 @@ class Subscription:
 
     def __init__(self, runtime_dir: str | None = None, client: str | Iterable[str] | None = None,
                  raw: bool = True, processed: bool = True, events: bool = False,
-                 hwm: int = FRAME_HWM, check: bool = True) -> None:
+                 hwm: int = FRAME_HWM, check: bool = True, port: int = 8080) -> None:
         import zmq
 
         from camstream.rundir import default
         if not raw and not processed:
             raise ValueError("frames(): raw=False and processed=False leaves nothing to receive")
-        self.runtime_dir = runtime_dir or default(8080)  # a daemon on the default port
+        self.runtime_dir = runtime_dir or default(port)
         if check:
             check_daemon(self.runtime_dir)
         names = [client] if isinstance(client, str) else list(client or [])
@@ -220,8 +224,11 @@ class Subscription:
             except zmq.Again:
                 return
             frame = decode(parts, self.recent_raw)
-            if frame is not None and (frame.processed or self.raw):
-                yield frame
+            if frame is None or not (frame.processed or self.raw):
+                continue
+            if frame.processed and not len(frame.jpeg) and self.recent_raw is not None:
+                continue  # a result from before we attached: no raw frame of it to show yet
+            yield frame
 
     def events(self) -> Iterator[Event]:
         """The join/leave events waiting now, without blocking."""
@@ -269,17 +276,19 @@ class Subscription:
 
 
 def frames(client: str | Iterable[str] | None = None, *, raw: bool = True,
-           processed: bool = True, runtime_dir: str | None = None,
+           processed: bool = True, port: int = 8080, runtime_dir: str | None = None,
            timeout: float | None = None) -> Iterator[Frame]:
     """Yield the frames of a running daemon, newest first-come, until the loop ends.
 
     ``client``: only this name (or these names). ``raw``/``processed``: which kinds (a
     processed frame carries ``result``; its ``image`` is the worker's annotated picture or the
-    raw frame it is about). ``runtime_dir``: the daemon's (default: as ``camstream serve``).
+    raw frame it is about). ``port``: the daemon's port, which names its default runtime
+    directory (as ``camstream display -p PORT`` finds it); ``runtime_dir``: its
+    ``--runtime-dir`` instead.
     ``timeout``: stop after this many seconds without a frame (default: wait forever).
     Raises :class:`NoDaemon` when no daemon is running there.
     """
-    sub = Subscription(runtime_dir, client, raw=raw, processed=processed)
+    sub = Subscription(runtime_dir, client, raw=raw, processed=processed, port=port)
     try:
         while True:
             frame = sub.next(timeout)

@@ -106,7 +106,10 @@ class AsyncStreamer:
 
     async def _main(self) -> None:
         import asyncio
-        sio = socketio.AsyncClient()
+
+        import aiohttp
+        http = aiohttp.ClientSession()  # ours, so that it is closed at the end
+        sio = socketio.AsyncClient(http_session=http)
         self.sio = sio
 
         @sio.event
@@ -128,6 +131,7 @@ class AsyncStreamer:
                     pass
             await asyncio.sleep(1 / self.fps)
         await sio.disconnect()
+        await http.close()
 
     def stop(self) -> None:
         self._stopping = True

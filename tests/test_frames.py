@@ -3,9 +3,11 @@ frames raw and processed, the filters, the lazy image, a clean detach; and the R
 example run as written."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -100,19 +102,25 @@ def test_the_readme_example_runs_as_written(daemon, two_clients):
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     example = next(b for b in blocks if "camstream.frames()" in b)
-    p = subprocess.Popen([sys.executable, "-c", example], cwd=ROOT, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**__import__("os").environ, "XDG_RUNTIME_DIR": str(daemon.xdg)})
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(daemon.xdg), "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-c", example], cwd=ROOT, text=True, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
     try:
-        def both_clients():
-            lines.append(p.stdout.readline())
-            return {line.split()[0] for line in lines if line.strip()} >= {"fern", "gus"}
-        wait_for(both_clients, 20, interval=0, what="the example to print both clients")
+        wait_for(lambda: p.poll() is not None or {line.split()[0] for line in list(lines)
+                                                  if line.strip()} >= {"fern", "gus"},
+                 30, what="the example to print both clients")
     finally:
         p.kill()
         p.wait()
+        reader.join(timeout=5)
         p.stdout.close()
+        errors = p.stderr.read()
         p.stderr.close()
+    assert {line.split()[0] for line in lines if line.strip()} >= {"fern", "gus"}, (
+        lines[-3:], errors[-2000:])
     line = next(line for line in lines if line.startswith("fern"))
     assert "(240, 320, 3)" in line, line

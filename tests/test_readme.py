@@ -389,9 +389,10 @@ def started(tmp_path):
         r.interrupt()
 
 
-def health() -> dict:
+def health(auth: tuple[str, str] | None = None) -> dict:
+    """/healthz of the README's daemon; under -a client rows need a user's login."""
     import requests
-    return requests.get(URL + "/healthz", timeout=2).json()
+    return requests.get(URL + "/healthz", timeout=2, auth=auth).json()
 
 
 def serve(start, cwd: Path, home: Path, flags: str = "", command: str | None = None) -> Running:
@@ -523,7 +524,7 @@ def test_send_with_a_login(tmp_path, home, port_8080, started):
                         "--fps 10 --count 100"), tmp_path, home, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "sent 100  accepted 100" in r.stderr
-    wait_for(lambda: health()["clients"]["alice"]["processed"] == 100, 10,
+    wait_for(lambda: health(("alice", "s3cret"))["clients"]["alice"]["processed"] == 100, 10,
              what="alice's 100 frames processed")
 
 

@@ -295,6 +295,14 @@ def test_removed_socket_files_are_bound_again(daemons, clients):
             tap.kill()
         tap.wait()
     wait_for(lambda: d.health()["status"] == "ok", 10, what="status ok again")
+    shutil.rmtree(d.runtime_dir)  # the whole directory, too: made again, sockets bound again
+    wait_for(lambda: all((d.runtime_dir / n).is_socket() for n in names), 5,
+             what="the directory and its sockets made again")
+    assert stat.S_IMODE(os.stat(d.runtime_dir).st_mode) == 0o750
+    processed = d.health()["clients"]["alice"]["processed"]
+    wait_for(lambda: sio.emit("frame", ({}, make_jpeg())) or
+             d.health()["clients"]["alice"]["processed"] > processed, 15, interval=0.3,
+             what="frames processed after the directory was made again")
 
 
 # -- issue 13 item 5: a second daemon on the same machine ---------------------------------------
