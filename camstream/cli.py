@@ -305,6 +305,11 @@ def build_parser() -> Parser:
                         help="the port of a daemon on this machine, when no URL is given "
                         "(default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print /healthz as it is")
+    status.add_argument("-u", "--username", default=None,
+                        help="a user of the users file: under -a the daemon shows client rows "
+                        "only to a user who logs in")
+    status.add_argument("--password", default="",
+                        help="that user's password (or set CAMSTREAM_PASSWORD)")
     add_tls_trust(status)
     status.set_defaults(run=run_status)
 
@@ -851,7 +856,10 @@ def run_send(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from camstream.client import print_status, tls_verify
     url = args.url or f"http://127.0.0.1:{args.port}"
-    return print_status(url, as_json=args.json, verify=tls_verify(args))
+    auth = None
+    if args.username is not None:
+        auth = (args.username, args.password or os.environ.get("CAMSTREAM_PASSWORD", ""))
+    return print_status(url, as_json=args.json, verify=tls_verify(args), auth=auth)
 
 
 def run_systemd(args: argparse.Namespace) -> int:

@@ -427,6 +427,10 @@ def format_health(health: dict) -> str:
         lines.append(f"{name[:20]:<20}{row['connected']:>5}" +
                      "".join(f"{row[c]:>11}" for c in cols) +
                      (f"{row.get('worker', ''):>7}" if routed else ""))
+    if health.get("clients_hidden"):  # -a, and the caller did not log in
+        lines.append(f"({health['clients_hidden']} clients not shown: under -a client rows are "
+                     "for users of the users file: camstream status -u NAME, with --password "
+                     "or CAMSTREAM_PASSWORD)")
     return "\n".join(lines)
 
 
@@ -456,9 +460,10 @@ def why_unanswered(error: Exception, url: str, verify: bool | str) -> str:
     return str(error)
 
 
-def print_status(url: str, as_json: bool = False, verify: bool | str = True) -> int:
+def print_status(url: str, as_json: bool = False, verify: bool | str = True,
+                 auth: tuple[str, str] | None = None) -> int:
     try:
-        health = fetch_health(url, verify=verify)
+        health = fetch_health(url, verify=verify, auth=auth)
     except (requests.RequestException, ValueError) as e:
         print(f"camstream status: no daemon answers at {url}: {why_unanswered(e, url, verify)}",
               file=sys.stderr)

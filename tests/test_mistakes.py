@@ -192,3 +192,23 @@ def test_legacy_send_reads_its_counters_under_auth(daemons, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "the daemon's counters for 'lee' during this run: received 5, refused 0, " \
            "dropped 0, processed 5" in r.stderr, r.stderr
+
+
+def test_status_under_auth_says_rows_are_hidden_and_shows_them_to_a_user(daemons, tmp_path):
+    """Under -a /healthz keeps client names from callers who have not logged in: status says
+    so (not an empty table that looks like nobody is there), and shows them to a user."""
+    from conftest import make_users
+    users = make_users(tmp_path, kim="right")
+    d = daemons("-a", "--users", str(users), workers=1)
+    sent = camstream("send", d.url, "-u", "kim", "--password", "right", "--count", "3")
+    assert sent.returncode == 0, sent.stderr
+    anonymous = camstream("status", d.url)
+    assert anonymous.returncode == 0, anonymous.stderr
+    assert "kim" not in anonymous.stdout
+    assert "(1 clients not shown: under -a client rows are for users of the users file: " \
+           "camstream status -u NAME" in anonymous.stdout, anonymous.stdout
+    as_kim = camstream("status", d.url, "-u", "kim", env=dict(os.environ,
+                                                              CAMSTREAM_PASSWORD="right"))
+    assert as_kim.returncode == 0, as_kim.stderr
+    assert re.search(r"^kim\s", as_kim.stdout, re.M) and "not shown" not in as_kim.stdout, \
+        as_kim.stdout

@@ -185,6 +185,7 @@ COVERED: dict[str, object] = {
         SYNOPSIS,
     "camstream display --snapshot shots": "test_display_snapshot",
     "camstream status": "test_status_and_tap",
+    "camstream status -u alice --password s3cret": "test_send_with_a_login",
     "camstream tap --client alice": "test_status_and_tap",
     "camstream demo": "test_first_command_demo",
     "camstream systemd": "test_systemd_prints_a_recipe",
@@ -526,6 +527,9 @@ def test_send_with_a_login(tmp_path, home, port_8080, started):
     assert "sent 100  accepted 100" in r.stderr
     wait_for(lambda: health(("alice", "s3cret"))["clients"]["alice"]["processed"] == 100, 10,
              what="alice's 100 frames processed")
+    r = run(readme_line("camstream status -u alice --password s3cret"), tmp_path, home)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^alice\s+\d+\s+100\s", r.stdout, re.M), r.stdout
 
 
 def write_video(path: Path, frames: int = 12) -> None:

@@ -327,8 +327,10 @@ def test_bad_frames_are_errors_never_crashes(daemons, clients, tmp_path):
     bad = [good[: len(good) // 2], png, bytes(np.random.default_rng(1).integers(
         0, 255, 5000, dtype=np.uint8)), bytes(bomb)]
     worker = d.child("worker 1")
-    for frame in bad + [good]:
+    for n, frame in enumerate(bad + [good], 1):  # one at a time: a newer one may not replace it
         assert sio.call("frame", ({}, frame), timeout=10)["accepted"] is True
+        wait_for(lambda n=n: (r := d.health()["clients"]["fuzzy"])["errors"] + r["processed"]
+                 == n, 15, what=f"frame {n} reported")
     h = wait_for(lambda: (h := d.health())["clients"]["fuzzy"]["errors"] == 4 and
                  h["clients"]["fuzzy"]["processed"] == 1 and h, 15,
                  what="4 errors and 1 processed")
