@@ -121,7 +121,8 @@ def test_the_page_reconnects_after_a_restart_and_logs_in_again(https_daemon, bro
         second.shutdown()
 
 
-def test_a_page_whose_daemon_is_gone_keeps_trying_without_a_flood(https_daemon, browsers):  # noqa: F811,E501
+def test_a_page_whose_daemon_is_gone_keeps_trying_without_a_flood(https_daemon,
+                                                                  browsers):  # noqa: F811
     """The daemon stops for good: the page tries again and again, but no more often than the
     backoff allows (waits of 0.5-1.5 s, 1-3 s, 2-5 s, then 4-5 s). Its tries are counted on
     the wire too: a listener on the daemon's port that takes each connection and closes it."""
@@ -265,7 +266,8 @@ def reference():
         server.stop()
 
 
-def test_the_page_speaks_socketio_as_the_reference_server_hears_it(reference, browsers):  # noqa: F811,E501
+def test_the_page_speaks_socketio_as_the_reference_server_hears_it(reference,
+                                                                   browsers):  # noqa: F811
     """The page's own Engine.IO 4 client against npm socket.io 4 serving the same page: a
     refused `auth` is shown and not retried; a good one logs in, every `frame` arrives with its
     JPEG as a binary attachment and is acked; the reference's io.close() is a transport close
