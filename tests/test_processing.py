@@ -395,8 +395,10 @@ def test_a_processor_returning_the_wrong_type_is_counted(tmp_path, daemons, clie
     env = write_module(tmp_path, "wrong", "def run(image, header):\n    return [1, 2]\n")
     d = daemons("--processor", "wrong:run", workers=1, env=env)
     sio = clients(d.url, "alice")
-    send(sio, [make_jpeg(seed=i) for i in range(3)])
-    sums = worker_stats(d.runtime_dir, lambda s: s.get("alice", {}).get("errors") == 3, 30)
+    for i in range(3):  # one at a time: back to back, a loaded worker's frame can be replaced
+        send(sio, [make_jpeg(seed=i)])
+        sums = worker_stats(d.runtime_dir,
+                            lambda s, n=i + 1: s.get("alice", {}).get("errors") == n, 30)
     assert sums["alice"]["processor_errors"] == 3 and sums["alice"]["processed"] == 0
     assert "returned list, expected a dict" in d.output()
 
