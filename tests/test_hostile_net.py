@@ -663,3 +663,38 @@ def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
     assert busy[0] < 5 and busy[1] < 10
     h = d.health()
     assert h["departed"]["processed"] == names and h["totals"]["processed"] == names
+
+
+def test_partial_worker_reports_merge_without_counting_twice_or_going_back():
+    """The ledger's side of partial reports, with a worker older than a restarted ingest:
+    each name's first counters heard from it are its baseline until its first full report;
+    a name new after that, or a new worker (a restart), counts from zero."""
+    from camstream.stats import Ledger
+
+    def report(pid, started, full, **clients):
+        return {"role": "worker", "pid": pid, "host": "h", "started": started, "full": full,
+                "clients": {n: {"processed": p, "errors": e} for n, (p, e) in clients.items()},
+                "errors_by": {n: {"undecodable": e} for n, (p, e) in clients.items() if e}}
+
+    fresh = Ledger()
+    fresh.worker_report(report(1, time.time(), False, a=(1, 0)))
+    fresh.worker_report(report(1, time.time(), True, a=(1, 0), b=(2, 1)))
+    fresh.worker_report(report(1, time.time(), False, b=(3, 1)))
+    assert {n: (r["processed"], r["errors"]) for n, r in fresh.processed().items()} == \
+        {"a": (1, 0), "b": (3, 1)}
+    assert fresh.processed()["b"]["errors_by"] == {"undecodable": 1}
+
+    restarted = Ledger(restarted=True)
+    old = restarted.started - 100
+    restarted.worker_report(report(7, old, False, a=(10, 2)))        # baseline a
+    restarted.worker_report(report(7, old, False, a=(11, 2)))        # +1 since
+    restarted.worker_report(report(7, old, True, a=(11, 2), b=(5, 1)))  # baseline b
+    restarted.worker_report(report(7, old, False, b=(6, 1), c=(1, 0)))  # c: new, from zero
+    restarted.worker_report(report(7, old, True, a=(11, 2), b=(6, 1), c=(1, 0)))
+    restarted.worker_report(report(8, time.time(), False, a=(3, 1)))  # a replacement worker
+    done = restarted.processed()
+    assert {n: (r["processed"], r["errors"]) for n, r in done.items()} == \
+        {"a": (4, 1), "b": (1, 0), "c": (1, 0)}
+    assert done["a"]["errors_by"] == {"undecodable": 1} and not done["b"]["errors_by"]
+    departed = restarted.health()["departed"]  # no client rows here: all theirs is departed
+    assert departed["processed"] == 6 and departed["errors"] == 1
