@@ -658,9 +658,11 @@ def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
           f"{span:.0f} s: worker {busy[0]:.1f} % of a core, ingest {busy[1]:.1f} %; worker "
           f"stats: {len(sizes[True])} full of {max(sizes[True], default=0)} B, "
           f"{len(sizes[False])} partial of {max(sizes[False], default=0)} B at most")
+    # before partial reports: 35 full reports of 539 kB in 10 s, worker 6.5 %, ingest 7.3 %
     assert sizes[False] and max(sizes[False]) < 2000
     assert 1 <= len(sizes[True]) <= 3 and len(sizes[False]) > 5 * len(sizes[True])
-    assert busy[0] < 5 and busy[1] < 10
+    assert sum(sizes[True] + sizes[False]) < 4 * max(sizes[True])
+    assert busy[0] < 3 and busy[1] < 5
     h = d.health()
     assert h["departed"]["processed"] == names and h["totals"]["processed"] == names
 
