@@ -4,9 +4,24 @@
 // open, connect with auth, answer pings, send `frame`(meta, jpeg) as one binary event with an
 // ack, read acks, notice a refusal or a close. The page paces itself on acks: at most
 // MAX_IN_FLIGHT frames without an answer, and never faster than the chosen rate.
+// A lost connection (a transport close, a failed connect, a daemon restarting) is retried the
+// way socket.io-client does by default, and the page logs in again and streams on; a refused
+// login or a server's disconnect packet is final, as it is for socket.io-client.
 "use strict";
 
 const MAX_IN_FLIGHT = 2;
+const CONNECT_TIMEOUT_MS = 20000;     // socket.io-client's `timeout`
+const BACKOFF = {minMs: 1000, maxMs: 5000, factor: 2, jitter: 0.5};  // socket.io-client's
+
+// The wait before reconnect attempt number `attempt` (0 first), as socket.io-client's backoff:
+// min * factor^attempt, moved up or down by up to jitter of itself at random, at most max.
+function backoffMs(attempt, random = Math.random) {
+  let ms = BACKOFF.minMs * Math.pow(BACKOFF.factor, attempt);
+  const r = random();
+  const deviation = Math.floor(r * BACKOFF.jitter * ms);
+  ms = (Math.floor(r * 10) & 1) === 0 ? ms - deviation : ms + deviation;
+  return Math.min(ms, BACKOFF.maxMs);
+}
 
 // -- the protocol, without I/O: packets in, packets out -------------------------------------
 const EIO = {OPEN: "0", CLOSE: "1", PING: "2", PONG: "3", MESSAGE: "4"};
@@ -78,6 +93,8 @@ class Session {
     this.open = false;
     this.stopped = false;
     this.acceptedTimes = [];
+    this.attempts = 0;                 // connections tried, all told
+    this.failures = 0;                 // lost or failed since the last login
     this.canvas = document.createElement("canvas");
   }
 
@@ -93,26 +110,68 @@ class Session {
     await video.play();
     this.video = video;
     this.width = w;
-    show("connecting…");
+    this.connect();
+  }
+
+  // One connection attempt; its end (any close but a final one) schedules the next.
+  connect() {
+    this.attempts += 1;
+    show(this.failures ? "reconnecting… (attempt " + this.attempts + ")" : "connecting…",
+         this.failures ? "bad" : "");
+    $("state").dataset.attempts = String(this.attempts);
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host
       + "/socket.io/?EIO=4&transport=websocket";
-    this.ws = new WebSocket(url);
-    this.ws.binaryType = "arraybuffer";
-    this.ws.onmessage = (m) => this.receive(m.data);
-    this.ws.onclose = () => this.closed();
-    this.ws.onerror = () => { $("why").textContent = "the connection failed"; };
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (m) => this.receive(m.data);
+    ws.onclose = () => this.lost(ws);
+    ws.onerror = () => { $("why").textContent = "the connection failed"; };
+    this.watch(CONNECT_TIMEOUT_MS);
+  }
+
+  // Give up on this connection when the server says nothing for `ms` (no handshake in time,
+  // or no ping within pingInterval + pingTimeout): a dead network closes no websocket.
+  watch(ms) {
+    clearTimeout(this.watchdog);
+    const ws = this.ws;
+    this.watchdog = setTimeout(() => this.lost(ws), ms);
+  }
+
+  // The connection `ws` is gone: unless the end was final, wait the backoff and try again.
+  lost(ws) {
+    if (ws !== this.ws) return;        // an old connection's late close
+    ws.onclose = ws.onmessage = ws.onerror = null;
+    if (ws.readyState <= 1) ws.close();
+    clearTimeout(this.watchdog);
+    clearTimeout(this.timer);
+    this.ws = null;
+    this.open = false;
+    this.pending.clear();              // the old session's acks will never come
+    updateCounters();
+    if (this.stopped) return;
+    const wait = backoffMs(this.failures++);
+    show("reconnecting in " + (wait / 1000).toFixed(1) + " s… (attempt " + this.attempts + ")",
+         "bad");
+    this.retry = setTimeout(() => { if (!this.stopped) this.connect(); }, wait);
   }
 
   receive(data) {
     if (typeof data !== "string") return;   // no binary packets come to this page
     const p = parse(data);
     if (p.type === "open") {
+      this.pingWindow = (p.info.pingInterval || 25000) + (p.info.pingTimeout || 20000);
+      this.watch(CONNECT_TIMEOUT_MS);
       this.ws.send(connectPacket({username: this.settings.username,
                                   password: this.settings.password}));
     } else if (p.type === "ping") {
+      this.watch(this.pingWindow);
       this.ws.send(EIO.PONG);
     } else if (p.type === "connected") {
+      this.watch(this.pingWindow);
       this.open = true;
+      this.failures = 0;
+      $("why").textContent = "";
       show("streaming as " + this.settings.username, "good");
       this.tick();
     } else if (p.type === "refused") {
@@ -133,8 +192,11 @@ class Session {
       }
       updateCounters();
       this.tick();
-    } else if (p.type === "disconnected" || p.type === "close") {
-      this.ws.close();
+    } else if (p.type === "disconnected") {   // the server sent us away: final
+      show("disconnected by the server", "bad");
+      this.stop(false);
+    } else if (p.type === "close") {
+      this.lost(this.ws);
     }
   }
 
@@ -177,19 +239,16 @@ class Session {
       this.settings.quality / 100));
   }
 
-  closed() {
-    this.open = false;
-    if (!this.stopped) {
-      show("disconnected", "bad");
-      this.stop(false);
-    }
-  }
-
   stop(userAsked) {
     this.stopped = true;
     this.open = false;
     clearTimeout(this.timer);
-    if (this.ws && this.ws.readyState <= 1) this.ws.close();
+    clearTimeout(this.retry);
+    clearTimeout(this.watchdog);
+    if (this.ws) {
+      this.ws.onclose = this.ws.onmessage = this.ws.onerror = null;
+      if (this.ws.readyState <= 1) this.ws.close();
+    }
     if (this.stream) for (const track of this.stream.getTracks()) track.stop();
     if (userAsked) show("stopped");
     $("start").disabled = false;
