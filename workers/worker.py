@@ -124,7 +124,7 @@ class Deadline:
                 log.error("%s: frame %d (%d bytes) took over %g s (--frame-timeout): counted "
                           "as an error; this worker exits to be replaced", header.client,
                           header.seq, header.size, self.seconds)
-                self.worker.publish_stats()
+                self.worker.publish_stats(last=True)
                 time.sleep(0.2)  # the report leaves through libzmq's I/O thread
                 os._exit(self.EXIT_STUCK)
 
@@ -192,7 +192,7 @@ class Worker:
                 self.reach.tick()
             if self.frames_pull in ready:
                 self.handle(self.frames_pull.recv_multipart(copy=False))
-        self.publish_stats()
+        self.publish_stats(last=True)
 
     def drained(self, since_told: float, poller: zmq.Poller) -> bool:
         """Whether a stopping worker may exit now (see the module's docstring)."""
@@ -260,12 +260,13 @@ class Worker:
             return None
         return payload, jpeg
 
-    def publish_stats(self) -> None:
+    def publish_stats(self, last: bool = False) -> None:
         """Cumulative counters per client: of every client in a full report (``"full":
-        true``, every FULL_STATS_INTERVAL), of the clients with frames lately in the others;
-        readers merge a partial report into the last full one of this pid."""
+        true``, every FULL_STATS_INTERVAL, and the ``last`` one before the worker exits), of
+        the clients with frames lately in the others; readers merge a partial report into
+        what they hold for this pid."""
         now = time.monotonic()
-        full = now >= self.next_full
+        full = last or now >= self.next_full
         changed, self.changed = self.changed, set()
         if full:
             self.next_full = now + FULL_STATS_INTERVAL
