@@ -325,7 +325,7 @@ class Ingest:
                     self.ledger.supervisor = report
                 elif report.get("role") == "pool":
                     self.ledger.pool_report(report)
-            except (ValueError, KeyError, IndexError, TypeError) as e:
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                 log.warning("ignoring a malformed stats message: %r", e)
 
     def listen_results(self, ctx: zmq.Context) -> None:

@@ -79,6 +79,9 @@ class Ledger:
         self._baseline: dict[tuple, dict] = {}       # -> its counts before this ingest began
         self._baseline_errors: dict[tuple, dict] = {}  # -> its errors_by then
         self._worker_seen: dict[tuple, float] = {}   # -> monotonic time of its last stats
+        self._awaiting_full: set[tuple] = set()      # older workers: baselines still growing
+        self._done: dict[str, dict] = {}             # name -> sums over workers (processed())
+        self._done_totals: collections.Counter = collections.Counter()  # over all names
         self.supervisor: dict = {}
         self.pool: dict = {}                         # --ingest-only: the worker pool's report
         self.pool_seen: float | None = None          # -> monotonic time of its last report
@@ -106,14 +109,53 @@ class Ledger:
 
     def worker_report(self, report: dict) -> None:
         """Keep each worker process's cumulative counters, the dead ones' too (their frames
-        were processed all the same). A worker older than this ingest (ingest was restarted)
-        counts only what it did since."""
+        were processed all the same). A report marked ``"full": false`` carries only the
+        clients that changed: it is merged into what this pid reported before. A worker older
+        than this ingest (ingest was restarted) counts only what it did since: each name's
+        first counters heard from it are its baseline, until its first full report (after
+        which a name new to it started at zero). The sums per client are kept up to date
+        here, so that a report costs what it carries, not every name ever seen."""
         pid = (report.get("host", ""), report["pid"])
-        if self.restarted and pid not in self._workers and \
-                report.get("started", 0) < self.started:
-            self._baseline[pid] = report["clients"]
-            self._baseline_errors[pid] = report.get("errors_by") or {}
-        self._workers[pid] = report
+        known = self._workers.get(pid)
+        if known is None:
+            known = self._workers[pid] = {"clients": {}, "errors_by": {}}
+            if self.restarted and report.get("started", 0) < self.started:
+                self._awaiting_full.add(pid)
+                self._baseline[pid] = {}
+                self._baseline_errors[pid] = {}
+        clients = report["clients"]
+        errors_by = report.get("errors_by") or {}
+        base = self._baseline.get(pid, {})
+        base_errors = self._baseline_errors.get(pid, {})
+        if pid in self._awaiting_full:
+            for name, c in clients.items():
+                if name not in base:
+                    base[name] = c
+                    base_errors[name] = errors_by.get(name) or {}
+            if report.get("full", True):  # (a worker without partial reports: all full)
+                self._awaiting_full.discard(pid)
+        held, held_errors = known["clients"], known["errors_by"]
+        for name, c in clients.items():
+            before = held.get(name) or base.get(name) or {}
+            total = self._done.get(name)
+            if total is None:
+                total = self._done[name] = dict.fromkeys(WORKER_KEYS, 0)
+                total["errors_by"] = {}
+            for key in WORKER_KEYS:
+                delta = c.get(key, 0) - before.get(key, 0)
+                total[key] += delta
+                self._done_totals[key] += delta
+            held[name] = c
+            now_by = errors_by.get(name) or {}
+            if now_by:
+                before_by = held_errors.get(name) or base_errors.get(name) or {}
+                by = total["errors_by"]
+                for reason, n in now_by.items():
+                    n -= before_by.get(reason, 0)
+                    if n:
+                        by[reason] = by.get(reason, 0) + n
+                held_errors[name] = now_by
+        known.update((k, v) for k, v in report.items() if k not in ("clients", "errors_by"))
         self._worker_seen[pid] = time.monotonic()
         for name, seqs in report.get("done", {}).items():
             counts = self.clients.get(name)
@@ -122,23 +164,9 @@ class Ledger:
 
     def processed(self) -> dict[str, dict]:
         """Per client, the sum over worker processes of what they report (WORKER_KEYS, and
-        ``errors_by``: errors per reason)."""
-        out: dict[str, dict] = {}
-        for pid, report in self._workers.items():
-            base = self._baseline.get(pid, {})
-            base_errors = self._baseline_errors.get(pid, {})
-            errors_by = report.get("errors_by") or {}
-            for name, c in report["clients"].items():
-                b = base.get(name, {})
-                o = out.setdefault(name, dict.fromkeys(WORKER_KEYS, 0))
-                for key in WORKER_KEYS:
-                    o[key] += c.get(key, 0) - b.get(key, 0)
-                by = o.setdefault("errors_by", {})
-                for reason, n in (errors_by.get(name) or {}).items():
-                    n -= (base_errors.get(name) or {}).get(reason, 0)
-                    if n:
-                        by[reason] = by.get(reason, 0) + n
-        return out
+        ``errors_by``: errors per reason), less the baselines. Kept by worker_report: do not
+        change what this returns."""
+        return self._done
 
     def pool_report(self, report: dict) -> None:
         self.pool = report
@@ -234,10 +262,13 @@ class Ledger:
         for key in DEPARTED_KEYS:
             departed[key] = self.departed[key]
         if not self.own_clients_only:  # what workers did for names forgotten here
-            for name, d in done.items():
-                if name not in self.clients:
-                    departed["processed"] += d["processed"]
-                    departed["errors"] += d["errors"]
+            departed["processed"] += self._done_totals["processed"]
+            departed["errors"] += self._done_totals["errors"]
+            for name in self.clients:
+                d = done.get(name)
+                if d is not None:
+                    departed["processed"] -= d["processed"]
+                    departed["errors"] -= d["errors"]
         for k in totals:
             totals[k] += departed[k]
         for name in sorted(self.clients):

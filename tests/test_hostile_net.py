@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 import requests
+import zmq
 from conftest import make_jpeg, make_users, wait_for
 from rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
 
@@ -598,3 +599,104 @@ def test_names_that_left_are_folded_and_healthz_stays_small(daemons):
     ws.connect({"username": "cam3", "password": ""})  # a name that comes back starts anew
     assert d.health()["clients"]["cam3"]["connected"] == 1
     ws.close()
+
+
+def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
+    """Without -a any name names a stream, and a worker keeps every name's counters for good:
+    5,000 names with one frame each. Its reports between full snapshots carry only the names
+    active lately, so with nobody connected the worker and ingest are idle and a report is
+    small; no counter is lost or counted twice."""
+    from camstream import bus, wire
+    names = 5000
+    d = daemons("--forget-clients-after", "2", workers=1)
+    jpeg = make_jpeg(32, 24)
+    failed = []
+
+    def send(start: int) -> None:
+        for i in range(start, names, 4):
+            ws = RawWS(d.port, eio=4)
+            try:
+                ws.connect({"username": f"cam{i}", "password": ""})
+                ws.binary_frame(jpeg, ack=1)
+                ws.wait_for(lambda m: isinstance(m, str) and m.startswith("431"), 10)
+            except Exception as e:  # counted and shown below
+                failed.append(repr(e))
+            finally:
+                ws.close()
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    sent_s = time.monotonic() - t0
+    assert not failed, failed[:3]
+    h = wait_for(lambda: (h := d.health())["departed"]["clients"] == names and h, 30,
+                 what="the names folded")
+    h = wait_for(lambda: (h := d.health())["departed"]["processed"] == names and h, 20,
+                 what="every frame counted once")
+    assert h["totals"]["received"] == names and h["totals"]["processed"] == names, h["totals"]
+    worker, ingest = d.child("worker 1"), d.child("ingest")
+    ctx = zmq.Context()
+    sub = bus.bus_sub(ctx, str(d.runtime_dir), wire.topic(wire.STATS, "worker 1"), hwm=1000)
+    sizes = {True: [], False: []}
+    try:
+        cpu0 = (worker.cpu_times(), ingest.cpu_times())
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10:
+            if sub.poll(500):
+                parts = sub.recv_multipart()
+                _, report = wire.unpack_json(parts)
+                sizes[report.get("full", True)].append(sum(len(p) for p in parts))
+        cpu1 = (worker.cpu_times(), ingest.cpu_times())
+        span = time.monotonic() - t0
+    finally:
+        sub.close(0)
+        ctx.term()
+    busy = [(b.user + b.system - a.user - a.system) / span * 100 for a, b in zip(cpu0, cpu1)]
+    print(f"{names} names with a frame each in {sent_s:.0f} s, then nobody connected for "
+          f"{span:.0f} s: worker {busy[0]:.1f} % of a core, ingest {busy[1]:.1f} %; worker "
+          f"stats: {len(sizes[True])} full of {max(sizes[True], default=0)} B, "
+          f"{len(sizes[False])} partial of {max(sizes[False], default=0)} B at most")
+    # before partial reports: 35 full reports of 539 kB in 10 s, worker 6.5 %, ingest 7.3 %
+    assert sizes[False] and max(sizes[False]) < 2000
+    assert 1 <= len(sizes[True]) <= 3 and len(sizes[False]) > 5 * len(sizes[True])
+    assert sum(sizes[True] + sizes[False]) < 4 * max(sizes[True])
+    assert busy[0] < 3 and busy[1] < 5
+    h = d.health()
+    assert h["departed"]["processed"] == names and h["totals"]["processed"] == names
+
+
+def test_partial_worker_reports_merge_without_counting_twice_or_going_back():
+    """The ledger's side of partial reports, with a worker older than a restarted ingest:
+    each name's first counters heard from it are its baseline until its first full report;
+    a name new after that, or a new worker (a restart), counts from zero."""
+    from camstream.stats import Ledger
+
+    def report(pid, started, full, **clients):
+        return {"role": "worker", "pid": pid, "host": "h", "started": started, "full": full,
+                "clients": {n: {"processed": p, "errors": e} for n, (p, e) in clients.items()},
+                "errors_by": {n: {"undecodable": e} for n, (p, e) in clients.items() if e}}
+
+    fresh = Ledger()
+    fresh.worker_report(report(1, time.time(), False, a=(1, 0)))
+    fresh.worker_report(report(1, time.time(), True, a=(1, 0), b=(2, 1)))
+    fresh.worker_report(report(1, time.time(), False, b=(3, 1)))
+    assert {n: (r["processed"], r["errors"]) for n, r in fresh.processed().items()} == \
+        {"a": (1, 0), "b": (3, 1)}
+    assert fresh.processed()["b"]["errors_by"] == {"undecodable": 1}
+
+    restarted = Ledger(restarted=True)
+    old = restarted.started - 100
+    restarted.worker_report(report(7, old, False, a=(10, 2)))        # baseline a
+    restarted.worker_report(report(7, old, False, a=(11, 2)))        # +1 since
+    restarted.worker_report(report(7, old, True, a=(11, 2), b=(5, 1)))  # baseline b
+    restarted.worker_report(report(7, old, False, b=(6, 1), c=(1, 0)))  # c: new, from zero
+    restarted.worker_report(report(7, old, True, a=(11, 2), b=(6, 1), c=(1, 0)))
+    restarted.worker_report(report(8, time.time(), False, a=(3, 1)))  # a replacement worker
+    done = restarted.processed()
+    assert {n: (r["processed"], r["errors"]) for n, r in done.items()} == \
+        {"a": (4, 1), "b": (1, 0), "c": (1, 0)}
+    assert done["a"]["errors_by"] == {"undecodable": 1} and not done["b"]["errors_by"]
+    departed = restarted.health()["departed"]  # no client rows here: all theirs is departed
+    assert departed["processed"] == 6 and departed["errors"] == 1

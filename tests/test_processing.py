@@ -151,7 +151,7 @@ def worker_stats(runtime_dir: Path, predicate, timeout: float) -> dict:
             _, report = wire.unpack_json(sub.recv_multipart())
             if report.get("role") != "worker":
                 continue
-            reports[report["pid"]] = report["clients"]
+            reports.setdefault(report["pid"], {}).update(report["clients"])  # partial: merged
             sums: dict[str, dict[str, int]] = {}
             for clients in reports.values():
                 for name, c in clients.items():

@@ -44,6 +44,9 @@ log = logging.getLogger("camstream.worker")
 HOST = socket.gethostname()
 
 STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not yet reported
+# a full snapshot of every client's counters this often; the reports between carry only the
+# clients that had frames lately, so their cost follows the active names, not all names seen
+FULL_STATS_INTERVAL = 5.0
 DRAIN_IDLE_MS = 200    # a stopping worker's pipe has run dry when nothing came for this long
 HANDOFF_S = 1.0        # ingest reads reports every 0.5 s: then routes no more to a stopping one
 
@@ -121,7 +124,7 @@ class Deadline:
                 log.error("%s: frame %d (%d bytes) took over %g s (--frame-timeout): counted "
                           "as an error; this worker exits to be replaced", header.client,
                           header.seq, header.size, self.seconds)
-                self.worker.publish_stats()
+                self.worker.publish_stats(last=True)
                 time.sleep(0.2)  # the report leaves through libzmq's I/O thread
                 os._exit(self.EXIT_STUCK)
 
@@ -148,6 +151,11 @@ class Worker:
         self.bus_pub = bus.bus_pub(ctx, config.runtime_dir, to=to)
         self.counts: dict[str, Counts] = {}
         self.finished: dict[str, list[int]] = {}  # per client, seqs done since the last stats
+        # clients with frames since the last stats, and in the interval before (what the
+        # recorder thread counts for them may land one report late)
+        self.changed: set[str] = set()
+        self.changed_before: set[str] = set()
+        self.next_full = 0.0  # monotonic time of the next full report
         self.stopping = False
         self.started = time.time()
         self._errors_logged: set[str] = set()
@@ -184,7 +192,7 @@ class Worker:
                 self.reach.tick()
             if self.frames_pull in ready:
                 self.handle(self.frames_pull.recv_multipart(copy=False))
-        self.publish_stats()
+        self.publish_stats(last=True)
 
     def drained(self, since_told: float, poller: zmq.Poller) -> bool:
         """Whether a stopping worker may exit now (see the module's docstring)."""
@@ -199,8 +207,8 @@ class Worker:
         counts = self.counts.get(header.client)
         if counts is None:
             counts = self.counts[header.client] = Counts()
-            self.finished[header.client] = []
-        self.finished[header.client].append(header.seq)  # reported once this frame is done
+        self.changed.add(header.client)
+        self.finished.setdefault(header.client, []).append(header.seq)  # reported once done
         self.deadline.begin(header, counts)
         try:
             outcome = self.work(parts[1].buffer, header, counts)
@@ -252,18 +260,29 @@ class Worker:
             return None
         return payload, jpeg
 
-    def publish_stats(self) -> None:
-        counts = list(self.counts.items())
+    def publish_stats(self, last: bool = False) -> None:
+        """Cumulative counters per client: of every client in a full report (``"full":
+        true``, every FULL_STATS_INTERVAL, and the ``last`` one before the worker exits), of
+        the clients with frames lately in the others; readers merge a partial report into
+        what they hold for this pid."""
+        now = time.monotonic()
+        full = last or now >= self.next_full
+        changed, self.changed = self.changed, set()
+        if full:
+            self.next_full = now + FULL_STATS_INTERVAL
+            counts = list(self.counts.items())
+        else:
+            counts = [(name, self.counts[name]) for name in changed | self.changed_before]
+        self.changed_before = changed
+        finished, self.finished = self.finished, {}
         clients = {name: {key: getattr(c, key) for key in Counts.NUMBERS}
                    for name, c in counts}
         self.bus_pub.send_multipart(wire.pack_json(
             wire.STATS, f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
-             "host": HOST, "remote": self.remote, "stopping": self.stopping, "clients": clients,
-             "done": {name: seqs for name, seqs in self.finished.items() if seqs},
+             "host": HOST, "remote": self.remote, "stopping": self.stopping, "full": full,
+             "clients": clients, "done": finished,
              "errors_by": {name: dict(c.errors_by) for name, c in counts if c.errors_by}}))
-        for seqs in self.finished.values():
-            seqs.clear()
 
     def log_once(self, kind: str, msg: str, *args) -> None:
         """Log the first error of each kind; the counters carry the rest."""
