@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import time
 import urllib.parse
 
@@ -33,6 +34,21 @@ import engineio.socket
 import socketio
 
 log = logging.getLogger("camstream.sioserver")
+
+
+class HideSids(logging.Filter):
+    """python-engineio names the session in its own error lines ("Invalid session SID",
+    "Session is disconnected SID"); a polling session's sid is its only credential, so it
+    never reaches the log (camstream names connections by number)."""
+
+    SID = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{20}(?![A-Za-z0-9_-])")  # 15 bytes, b64
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.SID.sub("<session>", record.getMessage()), None
+        return True
+
+
+logging.getLogger("engineio.server").addFilter(HideSids())
 
 
 class BoundedPacket(socketio.packet.Packet):

@@ -700,3 +700,16 @@ def test_partial_worker_reports_merge_without_counting_twice_or_going_back():
     assert done["a"]["errors_by"] == {"undecodable": 1} and not done["b"]["errors_by"]
     departed = restarted.health()["departed"]  # no client rows here: all theirs is departed
     assert departed["processed"] == 6 and departed["errors"] == 1
+
+
+def test_engineios_own_error_lines_name_no_session(daemons):
+    """python-engineio logs a bad or closed session with its sid ("Invalid session SID") at
+    ERROR: camstream's filter writes it as <session> (a once-seen flake of the sid test)."""
+    d = daemons(workers=1)
+    sid = base64.urlsafe_b64encode(b"camstream-sid-x").decode()  # 20 characters, as engineio's
+    for transport in ("polling", "websocket"):
+        r = requests.get(f"{d.url}/socket.io/?EIO=4&transport={transport}&sid={sid}", timeout=5)
+        assert r.status_code == 400
+    wait_for(lambda: "Invalid session" in d.output(), 10, what="engineio's error line")
+    assert sid not in d.output(), d.output()
+    assert "Invalid session <session>" in d.output(), d.output()
