@@ -49,7 +49,7 @@ MAX_BACKOFF = 10.0
 
 WORKER_ENV = {
     # glibc returns freed decode buffers to the kernel at once, which costs ~40 % of decode
-    # time (MEASUREMENTS.md); keep them in the process instead
+    # time (measured before the first build); keep them in the process instead
     "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024),
     "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024),
 }

@@ -17,7 +17,7 @@ PLACEHOLDER = '451-["receiveImage",{"_placeholder":true,"num":0}]'
 
 def flood(url: str, name: str, jpeg: bytes, seconds: float, sent: list[int]) -> None:
     """A raw Engine.IO 4 websocket that sends receiveImage as fast as TCP takes it, never
-    reading: the flooding client of MEASUREMENTS.md's trap 1."""
+    reading: a flooder that never reads what the server sends."""
     ws = websocket.create_connection(
         url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket", timeout=10)
     try:
