@@ -45,6 +45,18 @@ def free_port(span: int = 1) -> int:
 _PORTS = random.Random(os.getpid())
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 5) -> int:
+    """Stop a process a test started, by its pid: SIGTERM, a bounded wait, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def make_jpeg(width: int = 320, height: int = 240, quality: int = 80, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     img = cv2.GaussianBlur(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), (9, 9), 0)

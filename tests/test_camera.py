@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 from browser import CAMERA, browsers, needs_chromium, save_screenshot  # noqa: F401
-from conftest import ROOT, Daemon, free_port, make_users, wait_for
+from conftest import ROOT, Daemon, free_port, make_users, terminate, wait_for
 from jsclient import JS_DIR
 
 pytestmark = needs_chromium
@@ -244,14 +244,7 @@ class ReferenceServer:
 
     def stop(self) -> int:
         """SIGTERM: io.close(), the reference's graceful stop, then exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import time
 
 import pytest
 import requests
-from conftest import Daemon, free_port, wait_for
+from conftest import Daemon, free_port, terminate, wait_for
 from jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures)
 from rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
 from streaming import AsyncStreamer, Streamer
@@ -55,13 +55,7 @@ class Reference:
                                  f"{self.proc.stderr.read()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 # -- (1) restart without stranding anyone ------------------------------------------------------

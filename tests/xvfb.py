@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import terminate
 
 TOOLS = {"Xvfb": "xvfb", "xdotool": "xdotool", "import": "imagemagick"}
 
@@ -51,13 +52,7 @@ class Screen:
                        timeout=20)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def start_xvfb(width: int = 1600, height: int = 1200, timeout: float = 10) -> Screen:
