@@ -20,7 +20,7 @@ from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from benchmarks import slow
-from camstream import wsfast
+from camstream.ingest import wsfast
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ from benchmarks.common import (
     wait_for,
     write_json,
 )
-from camstream.stats import LOST_AFTER
+from camstream.ingest.ledger import LOST_AFTER
 
 COUNTERS = ("received", "processed", "dropped", "lost", "refused", "errors")
 

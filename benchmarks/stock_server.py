@@ -1,6 +1,6 @@
 """The baseline of benchmark 1: the stock stack, with a handler that only counts.
 
-python-socketio 5 + gevent + gevent-websocket exactly as installed: no ``camstream.wsfast``
+python-socketio 5 + gevent + gevent-websocket exactly as installed: no ``camstream.ingest.wsfast``
 unmask, ``async_handlers`` left at its default. ``/ping`` answers when it is up; ``/count``
 gives the frames counted so far.
 

@@ -11,6 +11,6 @@ __all__ = ["frames", "Frame", "Subscription", "NoDaemon"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from camstream import subscribe as module
+        from camstream.attach import subscribe as module
         return getattr(module, name)
     raise AttributeError(f"module 'camstream' has no attribute {name!r}")

@@ -27,7 +27,7 @@ sockets also bind (or connect to) ``tcp://`` endpoints, always with CURVE (:mod:
   workers; the pool hosts the bus on P+1/P+2 and ingest nodes publish into it.
 
 With ``--route client`` (processors that need each client's frames in order,
-:mod:`camstream.routing`) the pipeline is one PUSH per worker instead: ingest binds
+:mod:`camstream.ingest.routing`) the pipeline is one PUSH per worker instead: ingest binds
 ``frames-N`` for worker N once that worker reports, and worker N's PULL connects to it. Local
 workers only: a shared pipeline is what remote workers and pools pull from.
 """

@@ -38,7 +38,7 @@ class Config:
     max_connections_per_ip: int = 32
     max_pixels: int = 16_000_000    # --max-pixels: a larger frame (from its header) is an error
     frame_timeout: float = 5.0      # --frame-timeout: a worker stuck on a frame longer is replaced
-    # limits on what one hostile client can make ingest hold (camstream.limits)
+    # limits on what one hostile client can make ingest hold (camstream.ingest.limits)
     max_queued_bytes: int = 1 * MiB        # one Engine.IO 3 session's packets awaiting a poll
     max_incomplete_bytes: int = 64 * MiB   # all events still awaiting binary attachments
     incomplete_timeout: float = 10.0       # seconds an event may await its attachments
@@ -57,7 +57,7 @@ class Config:
     emit_results: bool = False      # --emit-results: send each result to its client
     web: str = ""                   # --web HOST:PORT: a web view display process (webview)
     route: str = "any"              # "any": a shared pipeline; "client": each client to one
-                                    # worker (camstream.routing), for ordered processors
+                                    # worker (camstream.ingest.routing), for ordered processors
     # Scaling out (camstream.bus, camstream.keys): tcp endpoints, always with CURVE keys
     worker_endpoint: str = ""       # tcp://HOST:PORT of the frame pipeline
     bus_endpoint: str = ""          # tcp://HOST:PORT of the bus (XSUB; PORT+1 is its XPUB)

@@ -29,7 +29,7 @@ from jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures)
 from rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
 from streaming import AsyncStreamer, Streamer
 
-from camstream import legacy
+from camstream.ingest.eio3 import session as legacy
 
 SERVER_JS = JS_DIR / "server.js"
 
@@ -233,7 +233,7 @@ def test_every_real_client_retries_after_the_drains_503(js, jpeg_file):
 
     import socketio
 
-    from camstream.ingest import refuse_handshakes_while
+    from camstream.ingest.app import refuse_handshakes_while
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gevent
 import zmq.green as zmq
 
-from camstream.dispatch import Dispatcher
-from camstream.stats import ClientCounts
+from camstream.ingest.dispatch import Dispatcher
+from camstream.ingest.ledger import ClientCounts
 
 
 def pipeline(hwm: int = 1000):

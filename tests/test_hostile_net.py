@@ -554,7 +554,7 @@ def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons,
 
 
 def test_incomplete_events_are_bounded_all_together():
-    from camstream.limits import IncompleteEvents
+    from camstream.ingest.limits import IncompleteEvents
     budget = IncompleteEvents(per_connection=100, total=250, timeout=10)
     a, b, c = ("eio4", "a"), ("eio3", "b"), ("eio4", "c")
     assert budget.add(a, 100) == "" and budget.add(b, 100) == ""
@@ -671,7 +671,7 @@ def test_partial_worker_reports_merge_without_counting_twice_or_going_back():
     """The ledger's side of partial reports, with a worker older than a restarted ingest:
     each name's first counters heard from it are its baseline until its first full report;
     a name new after that, or a new worker (a restart), counts from zero."""
-    from camstream.stats import Ledger
+    from camstream.ingest.ledger import Ledger
 
     def report(pid, started, full, **clients):
         return {"role": "worker", "pid": pid, "host": "h", "started": started, "full": full,

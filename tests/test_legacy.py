@@ -179,9 +179,9 @@ class InProcessServer:
         from gevent.pywsgi import WSGIServer
         from geventwebsocket.handler import WebSocketHandler
 
-        from camstream import legacy
+        from camstream.ingest.eio3 import session as legacy
         from camstream.config import Config
-        from camstream.ingest import Ingest, socketio_server
+        from camstream.ingest.app import Ingest, socketio_server
         from camstream.users import Users
 
         runtime = self.tmp / "run"

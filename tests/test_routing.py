@@ -6,9 +6,9 @@ from __future__ import annotations
 import gevent
 import zmq.green as zmq
 
-from camstream.dispatch import Dispatcher
-from camstream.routing import Router
-from camstream.stats import ClientCounts
+from camstream.ingest.dispatch import Dispatcher
+from camstream.ingest.routing import Router
+from camstream.ingest.ledger import ClientCounts
 
 
 def router_with(*workers: int, now: float = 100.0) -> Router:

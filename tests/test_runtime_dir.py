@@ -48,8 +48,9 @@ def serve_as(users, user: str, port: int) -> subprocess.CompletedProcess:
 
 
 SERVE_MODULES = ("camstream.cli", "camstream.bus", "camstream.rundir", "camstream.users",
-                 "camstream.notify", "camstream.proc", "camstream.supervisor", "camstream.pool",
-                 "camstream.display", "camstream.tap", "camstream.client", "ctypes.util",
+                 "camstream.supervisor.notify", "camstream.proc", "camstream.supervisor.arbiter",
+                 "camstream.supervisor.pool",
+                 "camstream.attach.display", "camstream.attach.tap", "camstream.client", "ctypes.util",
                  "workers.processors", "workers.builtin", "setproctitle", "ssl")
 
 

@@ -23,7 +23,7 @@ from jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
 
 from camstream import bus, wire
 from camstream.keys import Curve
-from camstream.stats import LOST_AFTER
+from camstream.ingest.ledger import LOST_AFTER
 from workers.worker import STATS_INTERVAL
 
 PY = sys.executable

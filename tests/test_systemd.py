@@ -17,7 +17,8 @@ import pytest
 import requests
 import socketio
 
-from camstream import opencv, service
+from camstream import opencv
+from camstream.supervisor import systemd as service
 from camstream.cli import CliError, build_parser, parse_serve
 from conftest import ROOT, make_jpeg, make_users, wait_for
 

@@ -219,7 +219,7 @@ def test_idle_connections_from_one_address_are_capped(daemons):
     closed at once; the view answers again as soon as they go."""
     import socket
 
-    from camstream.webview import MAX_PER_ADDRESS
+    from camstream.attach.webview import MAX_PER_ADDRESS
     d = web_daemon(daemons)
     held = [socket.create_connection(("127.0.0.1", int(d.web.rsplit(":", 1)[1])), timeout=5)
             for _ in range(MAX_PER_ADDRESS)]
@@ -265,12 +265,12 @@ def test_boxes_of_a_result_are_drawn_over_the_frame(daemons, browsers):  # noqa:
     ("8081", "10.0.0.5", 8081), ("127.0.0.1:8081", "127.0.0.1", 8081),
     ("[::1]:9000", "::1", 9000), (":8081", "10.0.0.5", 8081)])
 def test_web_address(text, host, port):
-    from camstream.webview import web_address
+    from camstream.attach.webview import web_address
     assert web_address(text, "10.0.0.5") == (host, port)
 
 
 @pytest.mark.parametrize("text", ["", "x", "host:", "host:0", "host:70000", "8081:host"])
 def test_web_address_refuses(text):
-    from camstream.webview import web_address
+    from camstream.attach.webview import web_address
     with pytest.raises(ValueError, match=r"\[HOST:\]PORT"):
         web_address(text, "0.0.0.0")

@@ -6,7 +6,7 @@ import os
 
 from geventwebsocket.websocket import Header
 
-from camstream import wsfast
+from camstream.ingest import wsfast
 
 
 def reference(mask: bytes, payload: bytes) -> bytes:

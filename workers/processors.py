@@ -17,7 +17,7 @@ counted for the client (``errors`` and ``processor_errors``) and logged once per
 
 A processor that keeps state per client across frames (a background model, a tracker) sets
 ``ordered = True`` (a class attribute, or an attribute of the function): ``serve`` then routes
-each client's frames to one worker, in order (``--route client``, :mod:`camstream.routing`).
+each client's frames to one worker, in order (``--route client``, :mod:`camstream.ingest.routing`).
 
 ``NAME`` is looked up as a built-in (:data:`BUILTINS`), then as an installed entry point in the
 group ``camstream.processors``, then as ``module:attr``.

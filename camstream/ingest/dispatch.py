@@ -7,7 +7,7 @@ and the sessions waiting to send into it) is drained round-robin by a greenlet o
 (pyzmq's gevent API: a full pipeline parks that greenlet only), so a 1 Hz camera gets its turn
 beside a 30 Hz one. There is one lane, the shared PUSH that deals frames to any free worker;
 with ``--route client`` there is one lane per worker instead, and the
-:class:`~camstream.routing.Router` says which lane each client's frames take: a full or dead
+:class:`~camstream.ingest.routing.Router` says which lane each client's frames take: a full or dead
 worker then holds up its own clients only.
 Every accepted frame is also published on the bus for displays and taps (PUB never blocks).
 """
@@ -23,8 +23,8 @@ import gevent.event
 import zmq.green as zmq
 
 from camstream import wire
-from camstream.routing import Router
-from camstream.stats import ClientCounts
+from camstream.ingest.routing import Router
+from camstream.ingest.ledger import ClientCounts
 
 log = logging.getLogger("camstream.ingest")
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from camstream import subscribe
+from camstream.attach import subscribe
 from camstream.cli import (CliError, add_runtime_dir, positive_float, require_opencv,
                            runtime_dir_of)
-from camstream.subscribe import Frame, StreamRate, Subscription
+from camstream.attach.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: %(default)s)")
-    from camstream import webview
+    from camstream.attach import webview
     webview.add_arguments(parser)
 
 
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from camstream import proc
 
     args.runtime_dir = runtime_dir_of(args)  # both views find the daemon by its port
-    if args.web:  # the browser view: the same bus, served over HTTP (camstream.webview)
-        from camstream import webview
+    if args.web:  # the browser view: the same bus, served over HTTP (camstream.attach.webview)
+        from camstream.attach import webview
         return webview.run(args)
     if args.client is not None:
         from camstream.users import UsersError, check_name

@@ -1,6 +1,6 @@
 """``camstream display --web [HOST:]PORT``: the live view in a browser, a display process.
 
-A **subscriber** on the bus like the X display (frames through :mod:`camstream.subscribe`),
+A **subscriber** on the bus like the X display (frames through :mod:`camstream.attach.subscribe`),
 that serves HTTP instead of drawing windows. It never runs inside ingest and never sends on the
 bus, so whatever the browsers do cannot reach ingest.
 
@@ -13,7 +13,7 @@ blocks on its own socket, never on the bus thread or another viewer.
 
 Under ``-a`` every page and API needs a login with a user of the users file: a form that sets
 a session cookie, or HTTP basic auth (for scripts). A wrong password is throttled like a
-socket.io login (:class:`camstream.limits.LoginThrottle`). ``--certfile`` serves https.
+socket.io login (:class:`camstream.ingest.limits.LoginThrottle`). ``--certfile`` serves https.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from camstream import bus, wire
-from camstream.limits import ConnectionCount, LoginThrottle
-from camstream.subscribe import Frame, StreamRate, Subscription
+from camstream.ingest.limits import ConnectionCount, LoginThrottle
+from camstream.attach.subscribe import Frame, StreamRate, Subscription
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.webview")
@@ -576,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
     """Check everything at the edge (one line each), then serve until SIGTERM or Ctrl-C."""
     from camstream import proc
     from camstream.cli import CliError, listen
-    from camstream.display import check_daemon
+    from camstream.attach.display import check_daemon
 
     if args.snapshot:
         raise CliError("--web and --snapshot are two different displays: run one of each")

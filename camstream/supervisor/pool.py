@@ -19,9 +19,9 @@ import time
 
 from camstream import bus, proc, wire
 from camstream.config import Config
-from camstream.notify import Notifier
-from camstream.stats import WORKER_STALE_S
-from camstream.supervisor import FRESH, Supervisor, plural
+from camstream.supervisor.notify import Notifier
+from camstream.ingest.ledger import WORKER_STALE_S
+from camstream.supervisor.arbiter import FRESH, Supervisor, plural
 
 log = logging.getLogger("camstream.pool")
 

@@ -98,7 +98,7 @@ class Ledger:
         self.forget_after = 600.0          # --forget-clients-after
         self.idle: collections.OrderedDict = collections.OrderedDict()  # name -> since left
         self.departed: collections.Counter = collections.Counter()      # folded counters
-        # what ingest's limits stopped (camstream.limits): limit name -> times
+        # what ingest's limits stopped (camstream.ingest.limits): limit name -> times
         self.limit_hits: collections.Counter = collections.Counter()
 
     def client(self, name: str) -> ClientCounts:
@@ -321,7 +321,7 @@ class Ledger:
             "departed": departed,
             # connections refused by --max-connections-per-ip (socket.io and websocket level)
             "refused_connections": sum(c.refused for c in self.connection_limits),
-            # connections and requests stopped by a limit, by limit (see camstream.limits)
+            # connections and requests stopped by a limit, by limit (see camstream.ingest.limits)
             "limits": dict(sorted(self.limit_hits.items())),
         }
 

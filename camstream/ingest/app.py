@@ -34,19 +34,22 @@ import socketio
 import zmq as zmq_plain
 import zmq.green as zmq
 
-from camstream import bus, camerapage, httpguard, legacy, proc, sioserver, wire, wsfast
+from camstream import bus, proc, wire
+from camstream.ingest import camerapage, httpguard, wsfast
+from camstream.ingest.eio3 import session as legacy
+from camstream.ingest.eio4 import server as sioserver
 from camstream.config import Config
-from camstream.dispatch import Dispatcher
-from camstream.limits import (
+from camstream.ingest.dispatch import Dispatcher
+from camstream.ingest.limits import (
     ConnectionCount,
     FrameRate,
     IncompleteEvents,
     LoginThrottle,
     transport_cap,
 )
-from camstream.routing import Router
+from camstream.ingest.routing import Router
 from camstream.rundir import RuntimeDirError
-from camstream.stats import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
+from camstream.ingest.ledger import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.ingest")
@@ -112,7 +115,7 @@ class Ingest:
         offer, self.to = bus.offered(config), bus.reached(config)
         self.binds = bus.IpcBinds()  # checked by the heartbeat: a removed file is bound again
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
-        if config.route == "client":  # one pipeline per local worker (camstream.routing)
+        if config.route == "client":  # one pipeline per local worker (camstream.ingest.routing)
             self.frames_push = None
             router = Router(expected=config.workers)
             self.ledger.owners = router.owner  # shown in /healthz
@@ -197,7 +200,7 @@ class Ingest:
         return math.ceil(self.throttle.wait(address, str(username)) * 10) / 10
 
     def check_password(self, address: str, name: str, password) -> bool:
-        """The users file's verdict, through the login throttle (camstream.limits): the
+        """The users file's verdict, through the login throttle (camstream.ingest.limits): the
         attempt is counted before the password is hashed (in the hub's thread pool)."""
         refused, slow = self.throttle.begin(address, name)
         if refused:
@@ -439,7 +442,7 @@ class Ingest:
         elif path == "/":
             body = b"camstream is running: see /healthz and /metrics\n"
             ctype = "text/plain"
-        elif camerapage.page(path) is not None:  # static, from memory (camstream.camerapage)
+        elif camerapage.page(path) is not None:  # static, from memory (camstream.ingest.camerapage)
             body, ctype = camerapage.page(path)
             start_response("200 OK", [("Content-Type", ctype),
                                       ("Content-Length", str(len(body)))] + camerapage.HEADERS)
@@ -693,5 +696,3 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -194,7 +194,7 @@ class EngineIOServer(engineio.Server):
 
     def describe(self, sid: str) -> str:
         """How a log line names a session: never by its sid, a long-polling session's only
-        credential (camstream.sioserver.Server sets this to name ingest's connection)."""
+        credential (camstream.ingest.eio4.server.Server sets this to name ingest's connection)."""
         return "a client"
 
     def drop_all(self) -> int:
@@ -264,7 +264,7 @@ class Server(socketio.Server):
     def _engineio_server_class(self):
         return EngineIOServer
 
-    # bytes held for events awaiting attachments (camstream.limits.IncompleteEvents), and the
+    # bytes held for events awaiting attachments (camstream.ingest.limits.IncompleteEvents), and the
     # counter of what limits stopped: set by ingest
     incomplete = None
     hits: collections.Counter = collections.Counter()

@@ -313,7 +313,7 @@ def build_parser() -> Parser:
     add_tls_trust(status)
     status.set_defaults(run=run_status)
 
-    from camstream import display
+    from camstream.attach import display
     show = verbs.add_parser("display", help="attach a window per client to a running daemon",
                             description="Attach to a running daemon and show the newest frame "
                             "of each client in a window titled with its name (fps and "
@@ -322,7 +322,7 @@ def build_parser() -> Parser:
     display.add_arguments(show)
     show.set_defaults(run=display.run)
 
-    from camstream import tap
+    from camstream.attach import tap
     taps = verbs.add_parser("tap", help="print a running daemon's results as JSON lines",
                             description="Attach to a running daemon's bus and print every "
                             "processor result as one JSON object per line (for jq and "
@@ -601,7 +601,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
     web = ""
     if args.web:
-        from camstream.webview import web_address
+        from camstream.attach.webview import web_address
         try:
             web = "%s:%d" % web_address(args.web, args.ip)
         except ValueError as e:
@@ -724,9 +724,9 @@ def parse_serve(argv: list[str]) -> Config:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from camstream.notify import Notifier
+    from camstream.supervisor.notify import Notifier
     from camstream.proc import setup_logging
-    from camstream.supervisor import Supervisor
+    from camstream.supervisor.arbiter import Supervisor
 
     argv = args.argv
     config = parse_serve(argv)
@@ -745,15 +745,15 @@ def run_serve(args: argparse.Namespace) -> int:
     os.umask(0o007)  # recordings readable by the service's group (sockets: camstream.rundir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     if config.ingest_only:  # no workers here: they are a pool's
-        from camstream.pool import IngestNode
+        from camstream.supervisor.pool import IngestNode
         return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
     return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv),
                       web_listener=web_listener).run()
 
 
 def run_pool(args: argparse.Namespace) -> int:
-    from camstream.notify import Notifier
-    from camstream.pool import Pool
+    from camstream.supervisor.notify import Notifier
+    from camstream.supervisor.pool import Pool
     from camstream.proc import setup_logging
 
     config = Config(workers=args.workers, runtime_dir=runtime_dir_of(args),
@@ -772,7 +772,7 @@ def run_pool(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from camstream.supervisor import worker_env
+    from camstream.supervisor.arbiter import worker_env
     from workers.worker import run_standalone
 
     config = Config(workers=1, log_level=args.log_level, processor=args.processor,
@@ -863,13 +863,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_systemd(args: argparse.Namespace) -> int:
-    from camstream.service import recipe
+    from camstream.supervisor.systemd import recipe
     print(recipe())
     return 0
 
 
 def run_reload(args: argparse.Namespace) -> int:
-    from camstream.service import ReloadError, reload
+    from camstream.supervisor.systemd import ReloadError, reload
     try:
         reload(args.pid)
     except ReloadError as e:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 
-from camstream.stats import WORKER_STALE_S
+from camstream.ingest.ledger import WORKER_STALE_S
 
 log = logging.getLogger("camstream.ingest")
 

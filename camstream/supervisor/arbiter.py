@@ -31,9 +31,9 @@ import zmq
 
 from camstream import bus, proc, wire
 from camstream.config import Config
-from camstream.notify import Notifier
+from camstream.supervisor.notify import Notifier
 from camstream.rundir import RuntimeDirError
-from camstream.stats import WORKER_STALE_S  # what /healthz calls alive
+from camstream.ingest.ledger import WORKER_STALE_S  # what /healthz calls alive
 
 log = logging.getLogger("camstream.supervisor")
 # Config fields whose option (and --config key) has another name: logs say the option

@@ -1,6 +1,6 @@
 """``camstream tap``: a running daemon's processor results as JSON lines on standard output.
 
-A subscriber on the bus (pub-sub, processed frames, read through :mod:`camstream.subscribe`),
+A subscriber on the bus (pub-sub, processed frames, read through :mod:`camstream.attach.subscribe`),
 so it attaches and detaches at any time without ingest or the workers noticing; like any
 subscriber it loses the oldest results if it falls behind (the bus never waits for it). Each line is the worker's result object with
 the frame's ``client``, ``session``, ``recv_ns`` and the byte size of the annotated image
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def line(frame) -> bytes:
-    """One output line from a processed :class:`camstream.subscribe.Frame`."""
+    """One output line from a processed :class:`camstream.attach.subscribe.Frame`."""
     out = {"client": frame.client, "session": frame.session, "seq": frame.seq,
            "recv_ns": frame.recv_ns}
     out.update(frame.result)
@@ -36,7 +36,7 @@ def line(frame) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     from camstream import bus
-    from camstream.subscribe import Subscription
+    from camstream.attach.subscribe import Subscription
 
     from camstream.cli import runtime_dir_of
     args.runtime_dir = runtime_dir_of(args)

@@ -73,8 +73,8 @@ from socketio.packet import (
     Packet,
 )
 
-from camstream.limits import transport_cap
-from camstream.wsfast import CLOSE_TOO_BIG, MessageTooBig, check_length, close_with
+from camstream.ingest.limits import transport_cap
+from camstream.ingest.wsfast import CLOSE_TOO_BIG, MessageTooBig, check_length, close_with
 
 log = logging.getLogger("camstream.legacy")
 
@@ -325,7 +325,7 @@ def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
         if len(payload) != header.length:
             raise WebSocketError("unexpected EOF in a websocket frame")
         if header.mask and payload:
-            payload = header.unmask_payload(payload)  # a fresh bytearray (camstream.wsfast)
+            payload = header.unmask_payload(payload)  # a fresh bytearray (camstream.ingest.wsfast)
         if message is None:
             message = payload if isinstance(payload, bytearray) else bytearray(payload)
         else:
@@ -362,7 +362,7 @@ class Session:
     heartbeat clock, the Socket.IO packet awaiting attachments, and its ``Conn``."""
 
     def __init__(self, server: LegacyServer, sid: str, address: str, b64: bool) -> None:
-        from camstream.ingest import Conn  # ingest imports this module
+        from camstream.ingest.app import Conn  # ingest imports this module
         self.server = server
         self.sid = sid
         self.address = address

@@ -1,0 +1,3 @@
+from camstream.ingest.app import main
+
+raise SystemExit(main())

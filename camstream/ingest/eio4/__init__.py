@@ -1,0 +1,1 @@
+"""Engine.IO 4 / Socket.IO protocol 5: python-socketio and python-engineio, hardened."""

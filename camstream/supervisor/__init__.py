@@ -1,0 +1,6 @@
+"""The ``camstream serve`` process: spawns ingest, workers and displays, reaps and restarts
+them, stops them, and speaks to systemd. Plain Python, no gevent.
+
+``arbiter`` is the loop and its signals; ``pool`` the multi-node shapes; ``notify`` systemd's
+notify protocol; ``systemd`` the unit recipe and ``reload``.
+"""
