@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, make_jpeg, make_users
+from tests.helpers import Daemon, make_jpeg, make_users
 
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
 CLIENT_JS = JS_DIR / "client.js"
 
 

@@ -7,7 +7,7 @@ import time
 
 import socketio
 
-from conftest import make_jpeg
+from tests.helpers import make_jpeg
 
 
 class Streamer:

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import terminate
+from tests.helpers import terminate
 
 TOOLS = {"Xvfb": "xvfb", "xdotool": "xdotool", "import": "imagemagick"}
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import socketio
 
-from conftest import make_jpeg, make_users, wait_for
+from tests.helpers import make_jpeg, make_users, wait_for
 
 
 @pytest.fixture

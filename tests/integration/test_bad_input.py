@@ -1,7 +1,7 @@
 """Bad input gets a reason; the connection, the daemon and the counters survive it."""
 from __future__ import annotations
 
-from conftest import make_jpeg, wait_for
+from tests.helpers import make_jpeg, wait_for
 
 
 def test_bad_frames_get_reasons_and_the_connection_survives(daemons, clients):

@@ -13,9 +13,9 @@ import time
 
 import pytest
 import requests
-from browser import CAMERA, browsers, needs_chromium, save_screenshot  # noqa: F401
-from conftest import ROOT, Daemon, free_port, make_users, terminate, wait_for
-from jsclient import JS_DIR
+from tests.helpers.browser import CAMERA, browsers, needs_chromium, save_screenshot  # noqa: F401
+from tests.helpers import ROOT, Daemon, free_port, make_users, terminate, wait_for
+from tests.helpers.jsclient import JS_DIR
 
 pytestmark = needs_chromium
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import free_port
+from tests.helpers import free_port
 
 
 def serve(tmp_path, *args: str) -> subprocess.CompletedProcess:

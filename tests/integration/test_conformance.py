@@ -24,10 +24,10 @@ import time
 
 import pytest
 import requests
-from conftest import Daemon, free_port, terminate, wait_for
-from jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures)
-from rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
-from streaming import AsyncStreamer, Streamer
+from tests.helpers import Daemon, free_port, terminate, wait_for
+from tests.helpers.jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures)
+from tests.helpers.rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
+from tests.helpers.streaming import AsyncStreamer, Streamer
 
 from camstream.ingest.eio3 import session as legacy
 
@@ -165,7 +165,7 @@ def test_stop_closes_transports_without_goodbye_and_refuses_new_sessions_to_retr
     every socket.io client retries."""
     import socketio
 
-    from conftest import make_jpeg
+    from tests.helpers import make_jpeg
     d = Daemon(tmp_path, "--stop-timeout", "4", workers=1)
     worker = None
     try:

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from conftest import make_jpeg, proc_title, wait_for
+from tests.helpers import make_jpeg, proc_title, wait_for
 
 
 def stream(sio, frames: list[bytes], event: str = "frame") -> list[dict]:

@@ -17,8 +17,8 @@ import psutil
 import requests
 import pytest
 import socketio
-from conftest import ROOT, Daemon, make_jpeg, wait_for
-from xvfb import screen  # noqa: F401  (the fixture)
+from tests.helpers import ROOT, Daemon, make_jpeg, wait_for
+from tests.helpers.xvfb import screen  # noqa: F401  (the fixture)
 
 FPS = 10
 
@@ -322,7 +322,7 @@ def test_serve_d_starts_a_display_and_survives_its_death(daemons, screen, client
 def test_serve_d_beside_a_decoy_package(tmp_path, screen, clients):  # noqa: F811
     """``serve -d`` run from a folder holding camstream/ and workers/ (the folder above a
     clone): the children, display included, import the installed package, not the decoys."""
-    from conftest import free_port
+    from tests.helpers import free_port
     cwd = tmp_path / "above-a-clone"
     for package in ("camstream", "workers"):
         (cwd / package).mkdir(parents=True)

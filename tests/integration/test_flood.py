@@ -9,8 +9,8 @@ import time
 
 import websocket
 
-from conftest import make_jpeg, wait_for
-from streaming import Streamer
+from tests.helpers import make_jpeg, wait_for
+from tests.helpers.streaming import Streamer
 
 PLACEHOLDER = '451-["receiveImage",{"_placeholder":true,"num":0}]'
 

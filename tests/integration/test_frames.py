@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, Daemon, make_jpeg, wait_for
-from streaming import Streamer
+from tests.helpers import ROOT, Daemon, make_jpeg, wait_for
+from tests.helpers.streaming import Streamer
 
 import camstream
 

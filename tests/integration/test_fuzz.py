@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Daemon, make_jpeg, wait_for
-from rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
-from streaming import Streamer
+from tests.helpers import Daemon, make_jpeg, wait_for
+from tests.helpers.rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
+from tests.helpers.streaming import Streamer
 
 pytestmark = pytest.mark.timeout(300)
 

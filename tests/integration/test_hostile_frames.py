@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, free_port, make_jpeg, wait_for
-from hostile_jpeg import declaring, repeated_scans
-from streaming import Streamer
+from tests.helpers import ROOT, free_port, make_jpeg, wait_for
+from tests.helpers.hostile_jpeg import declaring, repeated_scans
+from tests.helpers.streaming import Streamer
 
 from camstream.cli import pixels_arg
 from workers import jpeg

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import requests
 import zmq
-from conftest import make_jpeg, make_users, wait_for
-from rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
+from tests.helpers import make_jpeg, make_users, wait_for
+from tests.helpers.rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
 
 from camstream.users import UsersError, check_name
 

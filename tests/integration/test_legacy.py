@@ -12,9 +12,10 @@ import gevent
 import pytest
 import requests
 import websocket
-from conftest import make_jpeg, wait_for
 
-pytest_plugins = ["jsclient"]  # fixtures: js, open_daemon, auth_daemon, jpeg_file, app_frames
+from tests.helpers import make_jpeg, wait_for
+from tests.helpers.jsclient import (  # noqa: F401 (fixtures)
+    app_frames, auth_daemon, jpeg_file, js, open_daemon)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,7 +14,7 @@ import time
 import psutil
 import requests
 
-from conftest import ROOT, free_port, proc_title, wait_for
+from tests.helpers import ROOT, free_port, proc_title, wait_for
 from test_scaleout import make_keys
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_for
+from tests.helpers import ROOT, free_port, wait_for
 from test_security import make_cert
 
 
@@ -148,7 +148,7 @@ def test_send_results_from_a_daemon_that_sends_none(daemons):
 
 
 def test_a_refused_login_says_why_and_that_retries_are_throttled(daemons, tmp_path):
-    from conftest import make_users
+    from tests.helpers import make_users
     users = make_users(tmp_path, kim="right")
     d = daemons("-a", "--users", str(users), workers=1)
     first = one_line(camstream("send", d.url, "-u", "kim", "--password", "wrong", "--count",
@@ -184,7 +184,7 @@ def test_status_counts_local_and_remote_workers_apart():
 
 def test_legacy_send_reads_its_counters_under_auth(daemons, tmp_path):
     """Under -a /healthz shows client rows only to a user: send --legacy asks as itself."""
-    from conftest import make_users
+    from tests.helpers import make_users
     users = make_users(tmp_path, lee="pw")
     d = daemons("-a", "--users", str(users), workers=1)
     r = camstream("send", d.url, "-u", "lee", "--password", "pw", "--count", "5", "--fps",
@@ -197,7 +197,7 @@ def test_legacy_send_reads_its_counters_under_auth(daemons, tmp_path):
 def test_status_under_auth_says_rows_are_hidden_and_shows_them_to_a_user(daemons, tmp_path):
     """Under -a /healthz keeps client names from callers who have not logged in: status says
     so (not an empty table that looks like nobody is there), and shows them to a user."""
-    from conftest import make_users
+    from tests.helpers import make_users
     users = make_users(tmp_path, kim="right")
     d = daemons("-a", "--users", str(users), workers=1)
     sent = camstream("send", d.url, "-u", "kim", "--password", "right", "--count", "3")

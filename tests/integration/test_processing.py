@@ -20,7 +20,7 @@ import zmq
 from camstream import bus, wire
 from camstream.client import folder_frames
 from camstream.wire import Header
-from conftest import ROOT, make_jpeg, wait_for
+from tests.helpers import ROOT, make_jpeg, wait_for
 from workers import builtin, processors
 
 HEADER = Header("alice", "sid", 1, time.time_ns(), 0)

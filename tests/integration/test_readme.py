@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import ROOT, make_jpeg, wait_for
+from tests.helpers import ROOT, make_jpeg, wait_for
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent          # the virtualenv's bin: camstream is installed there
@@ -139,7 +139,7 @@ def readme_line(key: str) -> str:
     for line in readme_commands(readme_text()):
         if line.key == key:
             return strip_comment(line.text)
-    raise AssertionError(f"README.md no longer shows {key!r}: update tests/test_readme.py")
+    raise AssertionError(f"README.md no longer shows {key!r}: update tests/integration/test_readme.py")
 
 
 # -- what covers each line ----------------------------------------------------------------------
@@ -150,9 +150,9 @@ class NotHere:
 
 
 SYNOPSIS = "synopsis"   # a usage line: its options are checked against the verb's --help
-RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/test_systemd_real.py "
+RECIPE = NotHere("the service recipe: as root on a systemd machine; tests/integration/test_systemd_real.py "
                  "follows it in a systemd-nspawn container, test_systemd_prints_a_recipe runs "
-                 "`camstream systemd` here, and tests/test_systemd.py checks that the README "
+                 "`camstream systemd` here, and tests/integration/test_systemd.py checks that the README "
                  "shows the recipe exactly")
 
 COVERED: dict[str, object] = {
@@ -226,7 +226,7 @@ def test_every_readme_command_is_covered():
                     for line in readme_commands(doc.read_text()) if coverage(line) is None]
     assert not missing, (
         "README commands that no test runs:\n  " + "\n  ".join(missing) + "\nAdd each to "
-        "COVERED in tests/test_readme.py with the test that runs it as written (or "
+        "COVERED in tests/integration/test_readme.py with the test that runs it as written (or "
         "SYNOPSIS for a usage line, or NotHere('why') if it cannot run on one machine).")
     keys = {line.key for line in lines}
     stale = [key for key in COVERED if key not in keys]
@@ -618,7 +618,7 @@ def test_systemd_prints_a_recipe(tmp_path, home):
 
 def readme_python_block(containing: str = "def ") -> str:
     """The README's one python block with ``containing`` in it (the processor has a def; the
-    frames() example, run by tests/test_frames.py, has none)."""
+    frames() example, run by tests/integration/test_frames.py, has none)."""
     blocks = [b for b in re.findall(r"^```python\n(.*?)^```", readme_text(), re.S | re.M)
               if containing in b]
     assert len(blocks) == 1

@@ -14,8 +14,8 @@ import zmq
 
 from camstream import bus, wire
 from workers.worker import STATS_INTERVAL
-from conftest import free_port, make_jpeg, wait_for
-from streaming import Streamer
+from tests.helpers import free_port, make_jpeg, wait_for
+from tests.helpers.streaming import Streamer
 
 
 @pytest.fixture

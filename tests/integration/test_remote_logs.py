@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 
-from conftest import free_port, wait_for
+from tests.helpers import free_port, wait_for
 from test_scaleout import make_keys, procs, servers, worker_argv  # noqa: F401 (fixtures)
 
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Daemon, free_port, make_jpeg, wait_for
-from localusers import GROUP, local_users  # noqa: F401 (a fixture)
+from tests.helpers import ROOT, Daemon, free_port, make_jpeg, wait_for
+from tests.helpers.localusers import GROUP, local_users  # noqa: F401 (a fixture)
 
 CLEAN_ENV = {k: v for k, v in os.environ.items()
              if k not in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY")}

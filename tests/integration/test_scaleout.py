@@ -18,8 +18,8 @@ import pytest
 import requests
 import socketio
 import zmq
-from conftest import ROOT, Daemon, free_port, make_jpeg, wait_for
-from jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
+from tests.helpers import ROOT, Daemon, free_port, make_jpeg, wait_for
+from tests.helpers.jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
 
 from camstream import bus, wire
 from camstream.keys import Curve
@@ -337,7 +337,7 @@ def test_an_ingest_node_whose_pool_stops_keeps_its_clients(servers, procs, tmp_p
     as silent, dropping every client), clients stay connected, their frames are counted as
     dropped, the log says what it waits for, /healthz and status say degraded; when the pool
     is back, frames are processed again."""
-    from streaming import Streamer
+    from tests.helpers.streaming import Streamer
     keys = make_keys(tmp_path / "keys")
     pool_port = free_port(3)
     endpoint = f"tcp://127.0.0.1:{pool_port}"

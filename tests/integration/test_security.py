@@ -16,10 +16,10 @@ import pytest
 import requests
 import socketio
 import urllib3
-from conftest import ROOT, free_port, make_jpeg, make_users, wait_for
-from jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
-from rawclient import CLOSED, RawPoll, RawWS
-from streaming import Streamer
+from tests.helpers import ROOT, free_port, make_jpeg, make_users, wait_for
+from tests.helpers.jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
+from tests.helpers.rawclient import CLOSED, RawPoll, RawWS
+from tests.helpers.streaming import Streamer
 
 MAX_FRAME = 100 * 1024
 CAP = int(MAX_FRAME * 1.5) + 65536          # the transport's limit for one message
@@ -211,7 +211,7 @@ def test_failed_logins_grow_a_delay_per_address_and_username(daemons, tmp_path):
     """After failures (0.5 s, 1 s, 2 s...) even the right password is refused for that user
     from that address; the same user from another address, and another user from the same
     address, are not refused (a name is only slowed; an address is refused only after more
-    failures than one user's typos: tests/test_hostile_net.py); after the delay the right
+    failures than one user's typos: tests/integration/test_hostile_net.py); after the delay the right
     password works."""
     users = make_users(tmp_path, alice="wonderland-42", bob="builder-42")
     d = daemons("-a", "--users", str(users), workers=1)
@@ -342,7 +342,7 @@ def test_runtime_sockets_are_closed_to_other_users_and_no_secret_is_served(
     passwords = {"alice": "wonderland-7", "bob": "builder-7"}
     users = make_users(tmp_path, **passwords)
     # the test reads client names: a loopback caller may (without the flag, see
-    # tests/test_hostile_net.py, only totals are served under -a)
+    # tests/integration/test_hostile_net.py, only totals are served under -a)
     d = daemons("-a", "--users", str(users), "--metrics-trust-loopback", workers=1)
     for name in ("", "frames", "bus-in", "bus-out"):
         path = d.runtime_dir / name

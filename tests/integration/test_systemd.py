@@ -20,7 +20,7 @@ import socketio
 from camstream import opencv
 from camstream.supervisor import systemd as service
 from camstream.cli import CliError, build_parser, parse_serve
-from conftest import ROOT, make_jpeg, make_users, wait_for
+from tests.helpers import ROOT, make_jpeg, make_users, wait_for
 
 UNITS = ("camstream.service", "camstream-display.service")
 analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -260,7 +260,7 @@ def unit_setting(key: str) -> str:
 
 def test_the_readme_shows_the_recipe_exactly():
     """README.md's service block is the recipe as printed in the clone's own folder (what
-    tests/test_systemd_real.py runs, from a wheel's copy)."""
+    tests/integration/test_systemd_real.py runs, from a wheel's copy)."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Run as a service"):]
     block = re.search(r"^```sh\n(.*?)^```", section, re.S | re.M).group(1)

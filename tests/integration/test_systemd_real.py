@@ -33,7 +33,7 @@ import pytest
 import requests
 import socketio
 
-from conftest import ROOT, free_port, make_jpeg, wait_for
+from tests.helpers import ROOT, free_port, make_jpeg, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 

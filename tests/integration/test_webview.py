@@ -13,9 +13,9 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from browser import browsers, needs_chromium, save_screenshot  # noqa: F401  (the fixture)
-from conftest import ROOT, free_port, make_users, wait_for
-from streaming import Streamer
+from tests.helpers.browser import browsers, needs_chromium, save_screenshot  # noqa: F401  (the fixture)
+from tests.helpers import ROOT, free_port, make_users, wait_for
+from tests.helpers.streaming import Streamer
 
 pytestmark = needs_chromium
 

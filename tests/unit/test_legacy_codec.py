@@ -24,7 +24,7 @@ from camstream.ingest.eio3.session import (
     encode_sio,
 )
 
-JS = Path(__file__).resolve().parent / "js"
+JS = Path(__file__).resolve().parent.parent / "js"
 JPEGISH = bytes([0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10]) + bytes(range(256)) + b"\xff\xd9"
 
 
