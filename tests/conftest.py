@@ -2,6 +2,9 @@
 The helpers they use (and the tests import) are in tests/helpers."""
 from __future__ import annotations
 
+import fcntl
+import os
+
 import pytest
 import socketio
 
@@ -42,3 +45,55 @@ def clients():
     for sio in made:
         if sio.connected:
             sio.disconnect()
+
+
+# -- two xdist workers on two cores -----------------------------------------------------------
+# setup.cfg runs the suite on two xdist workers (``-n 2 --dist loadgroup``): most tests wait
+# on processes, sockets and timeouts, not the CPU. Two things keep that honest:
+# - files whose module-scoped daemon, screen or built system is set up once keep all their
+#   tests on one worker (one xdist group per file), and so do files that create system users;
+# - a test marked ``serial`` (it measures CPU time, latency or a share of frames under load)
+#   runs alone: it takes an exclusive lock that every other test takes shared.
+
+ONE_WORKER_FILES = {
+    "test_conformance.py", "test_display.py", "test_frames.py", "test_fuzz.py",
+    "test_legacy.py", "test_runtime_dir.py", "test_systemd_real.py", "test_remote_logs.py",
+    "test_scaleout.py",
+    "test_readme.py",  # the README's examples use port 8080
+}
+# a serial test first waits for the other worker's test, itself bounded by its timeout
+SERIAL_WAIT = 120
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+        if item.get_closest_marker("serial") and os.environ.get("PYTEST_XDIST_WORKER"):
+            own = item.get_closest_marker("timeout")
+            limit = own.args[0] if own and own.args else float(config.getini("timeout"))
+            item.add_marker(pytest.mark.timeout(limit + SERIAL_WAIT))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_share(request, tmp_path_factory):
+    """Shared lock for an ordinary test, exclusive for a ``serial`` one, held from before the
+    test's own fixtures start their daemons to after they stop them. A turnstile taken first
+    keeps a waiting serial test from being starved by the other worker's stream of tests."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing runs beside it
+        yield
+        return
+    run_dir = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    serial = request.node.get_closest_marker("serial") is not None
+    with open(run_dir / "cpu-share.turnstile", "a") as turnstile, \
+            open(run_dir / "cpu-share.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        if not serial:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if serial:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)

@@ -138,6 +138,7 @@ def test_two_clients_two_windows_showing_their_pictures(daemon, clients, streame
         assert match(shot, sources[other]) < 0.5, f"window {name} shows {other}'s picture"
 
 
+@pytest.mark.serial
 def test_attach_detach_three_times_costs_ingest_nothing(daemon, clients, streamers, displays,
                                                         screen):  # noqa: F811
     streamer = streamers(clients(daemon.url, "cyd"), lambda n: make_jpeg(320, 240, seed=n % 7))
@@ -164,6 +165,7 @@ def test_attach_detach_three_times_costs_ingest_nothing(daemon, clients, streame
     assert counts["dispatched"] == counts["received"], counts
 
 
+@pytest.mark.serial
 def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, streamers,
                                                            displays, screen):  # noqa: F811
     fps = 20

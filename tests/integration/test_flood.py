@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import pytest
 import websocket
 
 from tests.helpers import make_jpeg, wait_for
@@ -35,6 +36,7 @@ def flood(url: str, name: str, jpeg: bytes, seconds: float, sent: list[int]) -> 
         ws.close()
 
 
+@pytest.mark.serial
 def test_a_flood_without_acks_is_bounded_and_counted(daemons):
     d = daemons("--max-fps", "100000", workers=1)
     ingest = d.child("ingest")

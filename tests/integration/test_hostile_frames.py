@@ -68,6 +68,7 @@ def test_max_pixels_is_a_flag_with_units():
 
 # -- what a hostile sender costs others ----------------------------------------------------------
 
+@pytest.mark.serial
 def test_costly_frames_at_the_allowed_rate_cost_another_client_under_ten_percent(daemons):
     """mallory sends, at --max-fps, the two attacks of the issue (a progressive JPEG whose
     last scan is repeated 16,680 times: 26 s and more in imdecode; a 631-byte file declaring
@@ -111,6 +112,7 @@ def stuck(image, header):
 '''
 
 
+@pytest.mark.serial
 def test_a_worker_stuck_on_a_frame_is_replaced_and_the_frame_counted(daemons, tmp_path):
     """A frame that gets through the checks and still holds its worker (here a processor
     that sleeps) costs that frame: past --frame-timeout the worker says so, exits and is

@@ -309,6 +309,7 @@ def ws_login(port: int, source: str, name: str, password: str) -> bool:
         ws.close()
 
 
+@pytest.mark.serial
 def test_guesses_from_another_address_do_not_lock_a_user_out(daemons, tmp_path):
     """127.0.0.2 guesses alice's password 3 times a second for the whole test; alice, at
     127.0.0.1 with the right one, logs in 12 times."""
@@ -340,6 +341,7 @@ def test_guesses_from_another_address_do_not_lock_a_user_out(daemons, tmp_path):
     assert log.count("login failed for user 'alice' from 127.0.0.2") < len(guesses) / 3
 
 
+@pytest.mark.serial
 def test_simultaneous_guesses_are_counted_before_the_password_is_hashed(daemons, tmp_path):
     """32 guesses from one address at the same moment, for one name and for 32 names: only
     the first few are hashed, the others refused at once."""
@@ -420,6 +422,7 @@ def half_open(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("pending", [None, "2000"])
 def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
     """Ingest at systemd's default of 1,024 files; 3,000 connections each send half a
@@ -463,6 +466,7 @@ def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
     assert log.count("out of file descriptors") <= 1
 
 
+@pytest.mark.serial
 def test_a_request_whose_headers_never_end_is_closed_after_the_header_timeout(daemons):
     d = daemons("--header-timeout", "1.5", workers=1)
     s = half_open(d.port, 1)[0]
@@ -478,6 +482,7 @@ def test_a_request_whose_headers_never_end_is_closed_after_the_header_timeout(da
     assert d.health()["limits"].get("header_timeout") == 1
 
 
+@pytest.mark.serial
 def test_a_tls_handshake_never_finished_is_closed_after_the_handshake_timeout(daemons,
                                                                                tmp_path):
     from test_security import make_cert
@@ -601,6 +606,7 @@ def test_names_that_left_are_folded_and_healthz_stays_small(daemons):
     ws.close()
 
 
+@pytest.mark.serial
 def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
     """Without -a any name names a stream, and a worker keeps every name's counters for good:
     5,000 names with one frame each. Its reports between full snapshots carry only the names

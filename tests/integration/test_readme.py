@@ -420,6 +420,7 @@ def first_commands() -> list[str]:
     return [line.key for line in readme_commands(readme_text())[:2]]
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("folder", ["empty", "beside a decoy camstream package"])
 def test_first_command_demo(folder, tmp_path, home, port_8080):

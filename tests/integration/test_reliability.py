@@ -213,6 +213,7 @@ def test_routed_clients_spread_to_an_added_worker_and_leave_a_retiring_one(daemo
     assert [h["clients"][n]["lost"] for n in names] == [0, 0, 0, 0], h["clients"]
 
 
+@pytest.mark.serial
 def test_a_worker_retires_under_load_from_the_shared_pipeline(daemons, streamers):
     """SIGTTOU while clients stream faster than a worker could ever go idle: the shared
     pipeline deals to the retiring worker until it goes, so it drains for a third of the stop
@@ -240,6 +241,7 @@ def test_a_worker_retires_under_load_from_the_shared_pipeline(daemons, streamers
     assert lost <= 9 + 1, lost  # its pipe (measured: at most 9 of these frames) and one in hand
 
 
+@pytest.mark.serial
 def test_sigterm_drains_every_accepted_frame(daemons, tmp_path):
     d = daemons("--stop-timeout", "10", "--max-fps", "10000", workers=2)
     ctx = zmq.Context()

@@ -111,6 +111,7 @@ def test_a_message_over_the_transport_cap_closes_only_its_connection(daemons):
 
 # -- 2. connections per address ------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_a_thousand_connections_from_one_address_are_capped(daemons):
     """1,000 websockets from 127.0.0.2 hold at most --max-connections-per-ip; the rest are
     refused, counted in /healthz and logged once; 127.0.0.1 is served throughout."""
@@ -153,6 +154,7 @@ def test_a_thousand_connections_from_one_address_are_capped(daemons):
 
 # -- 3. frame rate -------------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_a_frame_flood_is_cut_to_max_fps(daemons):
     """10,000 small frames a second without acks for 2 s: at most --max-fps get through (the
     rest refused as 'rate limited'), and a 10 Hz bystander keeps >= 90 % processed."""
@@ -207,6 +209,7 @@ def raw_login(port: int, source: str, name: str, password: str) -> bool:
         ws.close()
 
 
+@pytest.mark.serial
 def test_failed_logins_grow_a_delay_per_address_and_username(daemons, tmp_path):
     """After failures (0.5 s, 1 s, 2 s...) even the right password is refused for that user
     from that address; the same user from another address, and another user from the same

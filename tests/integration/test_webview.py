@@ -114,6 +114,7 @@ def test_tiles_follow_the_clients(daemons, streams, browsers, tmp_path):  # noqa
              what="carol's processor result under her tile")
 
 
+@pytest.mark.serial
 def test_a_stopped_browser_slows_neither_ingest_nor_another_viewer(daemons, streams,
                                                                    browsers):  # noqa: F811
     d = web_daemon(daemons)

@@ -52,6 +52,7 @@ def test_bad_names_and_files(tmp_path):
         Users.load(str(tmp_path / "broken"))
 
 
+@pytest.mark.serial
 def test_wrong_password_timing_does_not_tell_whether_the_user_exists():
     users = Users()
     users.add("alice", "correct horse")
