@@ -92,6 +92,7 @@ class NotifySocket:
         self.sock.close()
 
 
+@pytest.mark.serial
 def test_notify_protocol(daemons, tmp_path, clients):
     notify = NotifySocket(tmp_path / "notify")
     answered: list[bool] = []
