@@ -74,6 +74,7 @@ def test_killed_worker_is_restarted_while_ingest_accepts(daemons, clients):
     assert "worker 1" in d.output() and "SIGKILL" in d.output()
 
 
+@pytest.mark.serial
 def test_sigterm_stops_everything_within_the_bound(daemons, clients):
     d = daemons("--stop-timeout", "5", workers=2)
     sio = clients(d.url, "dave")
