@@ -16,7 +16,7 @@ from conftest import ROOT, free_port, make_jpeg, wait_for
 from hostile_jpeg import declaring, repeated_scans
 from streaming import Streamer
 
-from camstream.cli import pixels_arg
+from camstream.cli.args import pixels_arg
 from workers import jpeg
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream.attach import subscribe
-from camstream.cli import (CliError, add_runtime_dir, positive_float, require_opencv,
-                           runtime_dir_of)
+from camstream.cli.args import (CliError, add_log_level, add_runtime_dir, positive_float,
+                                require_opencv, runtime_dir_of)
 from camstream.attach.subscribe import Frame, StreamRate, Subscription
 
 if TYPE_CHECKING:
@@ -63,9 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
                         help="exit when process PID exits (used by 'camstream serve -d')")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="log verbosity (default: %(default)s)")
+    add_log_level(parser)
     from camstream.attach import webview
     webview.add_arguments(parser)
 
