@@ -56,7 +56,7 @@ def add_arguments(send: argparse.ArgumentParser) -> None:
                       "as a JSON line on stdout")
     send.add_argument("--quiet", action="store_true", help="no live line, only the summary")
     add_tls_trust(send)
-    send.set_defaults(run=run)
+    send.set_defaults(run=run, verb="send")
 
 
 def run(args: argparse.Namespace) -> int:
