@@ -58,6 +58,14 @@ class Parser(argparse.ArgumentParser):
         return action
 
 
+def verb_parser(verb: str, description: str,
+                add_arguments: Callable[[argparse.ArgumentParser], None]) -> Parser:
+    """A verb's flags alone, parsed (and failing) as ``camstream VERB`` parses them."""
+    parser = Parser(prog=f"camstream {verb}", description=description)
+    add_arguments(parser)
+    return parser
+
+
 # -- values -------------------------------------------------------------------------------------
 
 def size_arg(text: str) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from camstream.cli.args import (Parser, add_login, add_tls_trust, password_of, require_opencv,
-                                server_url)
+                                server_url, verb_parser)
 
 HELP = "reference client: stream frames to a server"
 DESCRIPTION = ("Stream JPEG frames to a camstream server, as a phone would, and print "
@@ -20,9 +20,7 @@ def add_parser(verbs: Any) -> None:
 
 def send_parser() -> Parser:
     """send's flags alone, for a verb that sends as send does (demo)."""
-    parser = Parser(prog="camstream send", description=DESCRIPTION)
-    add_arguments(parser)
-    return parser
+    return verb_parser("send", DESCRIPTION, add_arguments)
 
 
 def add_arguments(send: argparse.ArgumentParser) -> None:

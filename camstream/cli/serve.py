@@ -14,7 +14,7 @@ from camstream.cli.args import (CliError, Parser, add_frame_limits, add_log_leve
                                 add_processor, add_runtime_dir, add_stop_timeout,
                                 add_tcp_arguments, add_tls_files, add_users_file, add_workers,
                                 add_worker_timeout, check_tls_files, port_arg, positive_float,
-                                positive_int, runtime_dir_of, size_arg)
+                                positive_int, runtime_dir_of, size_arg, verb_parser)
 from camstream.cli.checks import checked_processor, tcp_settings
 from camstream.config import Config
 
@@ -30,9 +30,7 @@ def add_parser(verbs: Any) -> None:
 
 def serve_parser() -> Parser:
     """serve's flags alone, as ``camstream serve`` parses them (SIGHUP parses them again)."""
-    parser = Parser(prog="camstream serve", description=DESCRIPTION)
-    add_arguments(parser)
-    return parser
+    return verb_parser("serve", DESCRIPTION, add_arguments)
 
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
