@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -209,7 +210,7 @@ class JsLoad:
 
     def __init__(self, revision: str, name: str, targets: dict[str, str], connections: int,
                  frames: dict[str, Path], workdir: Path) -> None:
-        cfg = {"revision": revision, "name": name, "connections": connections, "batch": 25,
+        cfg = {"revision": revision, "name": name, "connections": connections, "batch": 50,
                "targets": targets, "frames": {k: str(v) for k, v in frames.items()}}
         self.name = name
         self.log_path = workdir / f"jsload-{name}.log"
@@ -303,7 +304,7 @@ def cell_key(revision: str, size: str, mode: str) -> str:
 
 def run_matrix(run: Run, targets: list[Target], frames: dict, out: dict) -> None:
     rounds = 3 if run.full else 1
-    duration, warm, tail = (run.t(1.3, 5.0), run.t(0.3, 0.8), 0.1)
+    duration, warm, tail = (run.t(1.1, 5.0), run.t(0.25, 0.8), 0.1)
     out["config"].update(rounds=rounds, window_s=duration, measured_s=duration - warm - tail)
     revisions = [r for r in ("4", "2") if r in targets[0].revisions]
     drivers = {}
@@ -314,7 +315,7 @@ def run_matrix(run: Run, targets: list[Target], frames: dict, out: dict) -> None
                                          f"eio{rev}-")
         for rev in revisions:  # warm-up: the JS clients' JIT and the servers' first frames
             for t in [t for t in targets if rev in t.revisions]:
-                window(drivers[rev], t, MODES["ack w4"], "60KB", run.t(0.6, 2.0), 0.2, 0.1)
+                window(drivers[rev], t, MODES["ack w4"], "60KB", run.t(0.5, 2.0), 0.2, 0.1)
         turn = 0
         for _ in range(rounds):
             for rev in revisions:
@@ -335,8 +336,8 @@ def run_matrix(run: Run, targets: list[Target], frames: dict, out: dict) -> None
 
 def many_phones(run: Run, targets: list[Target], frames: dict, out: dict) -> None:
     """N connections at 2 Hz of 60 KB with acks, one server at a time (EIO4, 4.x client)."""
-    n = run.t(200, 1000)
-    duration, warm, tail = run.t(5.0, 15.0), run.t(1.5, 3.0), 0.3
+    n = run.t(100, 1000)
+    duration, warm, tail = run.t(3.5, 15.0), run.t(1.0, 3.0), 0.3
     out["config"].update(phones=n, phone_hz=PHONE_HZ, phone_window_s=duration)
     for t in [t for t in targets if "4" in t.revisions]:
         proc = t.proc()
@@ -382,8 +383,13 @@ def bench_peers(run: Run) -> dict:
     try:
         out["servers"] = {t.key: {"label": t.label, "revisions": list(t.revisions)}
                           for t in targets}
+        out["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
+        t0 = time.monotonic()
         run_matrix(run, targets, frames, out)
+        t1 = time.monotonic()
         many_phones(run, targets, frames, out)
+        out["phase_s"] = {"matrix": round(t1 - t0, 1), "phones": round(time.monotonic() - t1, 1)}
+        out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     finally:
         for t in targets:
             t.server.stop()

@@ -203,7 +203,12 @@ def peers_markdown(res: dict, commit: str, mode: str) -> str:
              "CPU: utime + stime (/proc/<pid>/stat) of the server process. For camstream the "
              "`camstream: ingest` process alone (the comparable figure); its worker decodes "
              "every frame it takes and is not counted, nor are the supervisor and the bus: "
-             "their sum with ingest is the last column.", ""]
+             "their sum with ingest is the last column. /proc counts in clock ticks (10 ms): "
+             "a quick window's reading is within 10 ms, so a paced cell (least CPU) is within "
+             "about 20 %; `--full` runs 3 rounds of 5 s windows.", "",
+             f"Load average of the machine (other jobs included) before and after: "
+             f"{res.get('load_average_before')} -> {res.get('load_average_after')}; "
+             f"took {res.get('phase_s')} s.", ""]
     for rev in ("4", "2"):
         cells = {k: c for k, c in res["cells"].items() if k.startswith(f"EIO{rev} ")}
         if not cells:
