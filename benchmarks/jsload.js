@@ -124,7 +124,9 @@ function runOne(conn, cmd, jpeg, end, tally) {
       const engine = socket.io.engine;
       if (cmd.mode === "ack") {
         if (inflight < window) sendAck(); else tally.skipped += 1;
-      } else if (engine && engine.writeBuffer && engine.writeBuffer.length > 32) {
+      } else if (engine && ((engine.writeBuffer && engine.writeBuffer.length > 8) ||
+                            (engine.transport && engine.transport.ws &&
+                             engine.transport.ws.bufferedAmount > 8 * jpeg.length))) {
         tally.skipped += 1;  // the socket does not drain: do not queue without bound
       } else {
         socket.emit(cmd.event || "receiveImage", jpeg);

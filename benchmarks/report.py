@@ -156,8 +156,8 @@ def plot_all(results: dict[str, dict]) -> list[str]:
 
 # -- peers: results/peers.md and peers.png -----------------------------------------------------
 
-PEER_COLUMNS = {"4": ["camstream", "node4bu", "node4", "uvicorn", "stock"],
-                "2": ["camstream", "node2bu", "node2"]}
+PEER_COLUMNS = {"EIO4": ["camstream", "node4bu", "node4", "uvicorn", "stock"],
+                "EIO3": ["camstream", "node2bu", "node2"]}
 PEER_NAMES = {"camstream": "camstream (ingest)", "node4bu": "Node socket.io 4 + bufferutil",
               "node4": "Node socket.io 4", "uvicorn": "python-socketio on uvicorn",
               "stock": "stock gevent stack", "node2bu": "Node socket.io 2 + bufferutil",
@@ -170,10 +170,11 @@ def _median(values: list) -> float | None:
 
 
 def _span(windows: list[dict], key: str) -> str:
-    """One window's value, or min-max over the rounds."""
-    v = [w[key] for w in windows if w.get(key) is not None]
+    """One window's value, or min-max over the rounds; "late" when the server's count came
+    too late in every window (the window it measured was too short to mean anything)."""
+    v = [w[key] for w in windows if w.get(key) is not None and w.get("valid", True)]
     if not v:
-        return ""
+        return "late" if any(not w.get("valid", True) for w in windows) else ""
     lo, hi = min(v), max(v)
     return _fmt(lo) if lo == hi else f"{_fmt(lo)}-{_fmt(hi)}"
 
@@ -208,37 +209,40 @@ def peers_markdown(res: dict, commit: str, mode: str) -> str:
              "about 20 %; `--full` runs 3 rounds of 5 s windows.", "",
              f"Load average of the machine (other jobs included) before and after: "
              f"{res.get('load_average_before')} -> {res.get('load_average_after')}; "
-             f"took {res.get('phase_s')} s.", ""]
-    for rev in ("4", "2"):
-        cells = {k: c for k, c in res["cells"].items() if k.startswith(f"EIO{rev} ")}
+             f"took {res.get('phase_s')} s. \"late\": the server answered the count so late "
+             "that the window it measured was too short (the stock stack, swamped by paced "
+             "frames it reads slower than they come).", ""]
+    for rev in ("EIO4", "EIO3"):
+        cells = {k: c for k, c in res["cells"].items() if k.startswith(f"{rev} ")}
         if not cells:
             continue
         cols = PEER_COLUMNS[rev]
         peers = cols[1:]
-        lines += [f"## Engine.IO {rev}: frames per server CPU-second", "",
+        lines += [f"## Engine.IO {rev[3]}: frames per server CPU-second", "",
                   "| cell | " + " | ".join(PEER_NAMES[c] for c in cols)
                   + " | " + " | ".join(f"camstream / {PEER_NAMES[p]}" for p in peers)
                   + " | camstream whole daemon |",
                   "|---|" + "---:|" * (len(cols) + len(peers) + 1)]
         for key, by in cells.items():
-            med = {c: _median([w.get("frames_per_cpu_s") for w in by.get(c, [])]) for c in cols}
+            med = {c: _median([w.get("frames_per_cpu_s") for w in by.get(c, [])
+                               if w.get("valid", True)]) for c in cols}
             ratios = [_fmt(round(med["camstream"] / med[p], 2))
                       if med["camstream"] and med[p] else "" for p in peers]
-            lines.append(f"| {key[len(f'EIO{rev} '):]} | "
+            lines.append(f"| {key[len(rev) + 1:]} | "
                          + " | ".join(_span(by.get(c, []), "frames_per_cpu_s") for c in cols)
                          + " | " + " | ".join(ratios) + " | "
                          + _span(by.get("camstream", []), "frames_per_daemon_cpu_s") + " |")
-        lines += ["", f"Frames/s counted by the server (Engine.IO {rev}; bounded by the "
+        lines += ["", f"Frames/s counted by the server (Engine.IO {rev[3]}; bounded by the "
                   "clients and the shared cores, not a capacity):", "",
                   "| cell | " + " | ".join(PEER_NAMES[c] for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
         for key, by in cells.items():
-            lines.append(f"| {key[len(f'EIO{rev} '):]} | "
+            lines.append(f"| {key[len(rev) + 1:]} | "
                          + " | ".join(_span(by.get(c, []), "fps") for c in cols) + " |")
         lines.append("")
     phones = res.get("many_phones", {})
     if phones:
-        cols = [c for c in PEER_COLUMNS["4"] if c in phones]
+        cols = [c for c in PEER_COLUMNS["EIO4"] if c in phones]
         n = phones[cols[0]]["connections"]
         lines += [f"## Many phones: {n:,} connections x {cfg['phone_hz']:g} Hz of 60 KB with "
                   f"acks (Engine.IO 4), {cfg['phone_window_s']} s, one server at a time", "",
@@ -264,7 +268,7 @@ def plot_peers(res: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     modes = list(dict.fromkeys(k.split(" ", 2)[2] for k in res["cells"]))
-    revs = [r for r in ("4", "2") if any(k.startswith(f"EIO{r} ") for k in res["cells"])]
+    revs = [r for r in ("EIO4", "EIO3") if any(k.startswith(f"{r} ") for k in res["cells"])]
     sizes = list(res["frame_bytes"])
     fig, axes = plt.subplots(len(revs), len(modes), figsize=(4.2 * len(modes), 3.6 * len(revs)),
                              squeeze=False, sharey=True)
@@ -277,8 +281,8 @@ def plot_peers(res: dict, path) -> None:
             ax = axes[i][j]
             for server in PEER_COLUMNS[rev]:
                 ys = [_median([w.get("frames_per_cpu_s") for w in
-                               res["cells"].get(f"EIO{rev} {s} {mode}", {}).get(server, [])])
-                      for s in sizes]
+                               res["cells"].get(f"{rev} {s} {mode}", {}).get(server, [])
+                               if w.get("valid", True)]) for s in sizes]
                 color, marker, width = styles[server]
                 ax.plot(kb, [y or float("nan") for y in ys], color=color, marker=marker,
                         linewidth=width, label=PEER_NAMES[server])
@@ -286,7 +290,7 @@ def plot_peers(res: dict, path) -> None:
             ax.set_yscale("log")
             ax.set_xticks(kb, [f"{k:.0f} KB" for k in kb])
             ax.minorticks_off()
-            ax.set_title(f"Engine.IO {rev}, {mode}")
+            ax.set_title(f"Engine.IO {rev[3]}, {mode}")
             ax.grid(True, which="both", alpha=0.3)
             if j == 0:
                 ax.set_ylabel("frames per server CPU-second")
