@@ -210,8 +210,10 @@ def peers_markdown(res: dict, commit: str, mode: str) -> str:
              f"Load average of the machine (other jobs included) before and after: "
              f"{res.get('load_average_before')} -> {res.get('load_average_after')}; "
              f"took {res.get('phase_s')} s. \"late\": the server answered the count so late "
-             "that the window it measured was too short (the stock stack, swamped by paced "
-             "frames it reads slower than they come).", ""]
+             "that the window it measured was too short. The stock stack is not run paced: it "
+             "reads 4 x 50 Hz of 60 KB slower than they come, and its backlog would answer "
+             "late and spend CPU in the next servers' windows (benchmark `ingest` runs it "
+             "paced at 4 x 12.5 Hz).", ""]
     for rev in ("EIO4", "EIO3"):
         cells = {k: c for k, c in res["cells"].items() if k.startswith(f"{rev} ")}
         if not cells:
