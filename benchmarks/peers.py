@@ -387,7 +387,7 @@ def bench_peers(run: Run) -> dict:
     frames = {}
     for label, (w, h) in FRAMES.items():
         path = run.workdir / f"peers-{label}.jpg"
-        path.write_bytes(make_jpeg(w, h))
+        path.write_bytes(make_jpeg(w, h, seed=w * h, label=f"{w}x{h}", sigma=1.4))
         frames[label] = path
     out: dict = {"versions": versions, "frame_bytes": {k: p.stat().st_size
                                                        for k, p in frames.items()},
