@@ -245,19 +245,25 @@ def peers_markdown(res: dict, commit: str, mode: str) -> str:
     phones = res.get("many_phones", {})
     if phones:
         cols = [c for c in PEER_COLUMNS["EIO4"] if c in phones]
-        n = phones[cols[0]]["connections"]
+        n = phones[cols[0]][0]["connections"]
         lines += [f"## Many phones: {n:,} connections x {cfg['phone_hz']:g} Hz of 60 KB with "
-                  f"acks (Engine.IO 4), {cfg['phone_window_s']} s, one server at a time", "",
+                  f"acks (Engine.IO 4), {cfg['phone_window_s']} s windows, "
+                  f"{cfg.get('phone_rounds', 1)} round(s)", "",
+                  f"Every server holds its {n:,} connections through the whole scenario; each "
+                  "server's connections stream in turn. Idle RSS per connection: the server's "
+                  "RSS once they are connected, less before, over N.", "",
                   f"| {n:,} x {cfg['phone_hz']:g} Hz | " + " | ".join(PEER_NAMES[c] for c in cols)
                   + " |", "|---|" + "---:|" * len(cols)]
 
         def line(label, fn):
-            lines.append(f"| {label} | " + " | ".join(fn(phones[c]) for c in cols) + " |")
+            lines.append(f"| {label} | " + " | ".join(
+                ", ".join(fn(w) for w in phones[c]) for c in cols) + " |")
         line("frames kept (counted / sent)", lambda p: f"{_fmt(p['kept_pct'])} %")
         line("server CPU (cores)", lambda p: _fmt(p["cpu_util"]))
         line("ack p50 / p99 (ms)", lambda p: f"{_fmt(p['ack_ms'].get('p50'))} / "
              f"{_fmt(p['ack_ms'].get('p99'))}")
-        line("idle RSS per connection (KB)", lambda p: _fmt(p["idle_rss_kb_per_connection"]))
+        lines.append("| idle RSS per connection (KB) | " + " | ".join(
+            _fmt(phones[c][0]["idle_rss_kb_per_connection"]) for c in cols) + " |")
         line("disconnects", lambda p: _fmt(p["disconnects"]))
         lines.append("")
     return "\n".join(lines)
