@@ -127,7 +127,8 @@ class NodePeer(Script):
     def __init__(self, revision: str, bufferutil: bool, workdir: Path) -> None:
         port = free_port()
         self.kind = f"node socket.io {revision}.x" + (" + bufferutil" if bufferutil else "")
-        argv = [NODE, str(NODE_PEERS / "server.js"), "--revision", revision, "--port", str(port)]
+        argv = [NODE, "--expose-gc", str(NODE_PEERS / "server.js"), "--revision", revision,
+                "--port", str(port)]
         Server.__init__(self, argv + ([] if bufferutil else ["--no-bufferutil"]), port,
                         workdir, f"node{revision}{'bu' if bufferutil else ''}")
         self.bufferutil = bufferutil
@@ -163,6 +164,13 @@ class Target:
                     raise
                 time.sleep(0.2)
         raise AssertionError("unreachable")
+
+    def rss(self) -> int:
+        """Resident bytes; a Node peer collects its garbage first (its RSS otherwise moves with
+        the next collection, by more than N idle connections take)."""
+        if isinstance(self.server, NodePeer):
+            requests.get(self.url + "/gc", timeout=10)
+        return self.proc().memory_info().rss
 
     def daemon_cpu(self) -> float | None:
         """camstream: supervisor + ingest + workers + broker; None for a peer."""
@@ -358,12 +366,12 @@ def many_phones(run: Run, targets: list[Target], frames: dict, out: dict) -> Non
     out["config"].update(phones=n, phone_hz=PHONE_HZ, phone_window_s=duration,
                          phone_rounds=rounds)
     on = [t for t in targets if "4" in t.revisions]
-    rss0 = {t.key: t.proc().memory_info().rss for t in on}
+    rss0 = {t.key: t.rss() for t in on}
     drivers = start_drivers("4", on, n // DRIVERS, {"60KB": frames["60KB"]}, run.workdir,
                             "phones-")
     try:
         time.sleep(1.0)  # connected and idle
-        rss1 = {t.key: t.proc().memory_info().rss for t in on}
+        rss1 = {t.key: t.rss() for t in on}
         for rnd in range(rounds):
             for t in on if rnd % 2 == 0 else on[::-1]:
                 c_before = t.count()

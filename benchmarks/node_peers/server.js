@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // A peer of camstream's ingest for benchmarks/peers.py: the official socket.io server doing
 // the least a frame server can do. It replies to `authenticate` (the Android app's login), acks
-// `frame` and counts it, counts `receiveImage`; GET /count gives the counts, GET /ping "pong".
+// `frame` and counts it, counts `receiveImage`; GET /count gives the counts, GET /ping "pong",
+// GET /gc runs a full garbage collection first (node --expose-gc), so that an RSS read after it
+// is not that of a heap waiting for its next collection.
 //
-//   node server.js --revision 4|2 --port P [--no-bufferutil]
+//   node --expose-gc server.js --revision 4|2 --port P [--no-bufferutil]
 //
 // 4: socket.io 4.x (Engine.IO 4); 2: socket.io 2.x (Engine.IO 3, the Android app's revision).
 // --no-bufferutil: run as if bufferutil were not installed (ws then masks in JavaScript), so one
@@ -27,6 +29,7 @@ if (args.includes("--no-bufferutil")) {  // ws's optional require of it then fai
 
 const counts = { frame: 0, receiveImage: 0 };
 const httpServer = http.createServer((req, res) => {
+  if (req.url === "/gc" && global.gc) global.gc();  // RSS read after it is the live state's
   res.writeHead(200, { "Content-Type": "application/json" });
   res.end(req.url === "/count" ? JSON.stringify(counts) : "\"pong\"");
 });
