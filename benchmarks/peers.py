@@ -362,7 +362,7 @@ def many_phones(run: Run, targets: list[Target], frames: dict, out: dict) -> Non
     idle; then each server's N stream in turn (alternating rounds in full mode)."""
     n = run.t(100, 1000)
     rounds = run.t(1, 2)
-    duration, warm, tail = run.t(3.0, 15.0), run.t(0.8, 3.0), 0.3
+    duration, warm, tail = run.t(2.5, 15.0), run.t(0.6, 3.0), 0.3
     out["config"].update(phones=n, phone_hz=PHONE_HZ, phone_window_s=duration,
                          phone_rounds=rounds)
     on = [t for t in targets if "4" in t.revisions]
