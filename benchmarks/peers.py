@@ -15,8 +15,8 @@ the ``camstream: ingest`` process alone, the comparable figure: the worker (whic
 frame it gets), the supervisor and the bus broker are not in it; their sum with ingest is kept
 as ``daemon_cpu_s``. Cells: 10, 60 and 200 KB frames x {ack, window 1; ack, window 4; paced
 ``receiveImage`` without acks} x {Engine.IO 4, Engine.IO 3}. Then "many phones": N connections
-at 2 Hz of 60 KB with acks, one server at a time: frames kept, server CPU, ack p50/p99, idle
-RSS per connection.
+to every server, held idle, then each server's N stream at 2 Hz of 60 KB with acks in turn:
+frames kept, server CPU, ack p50/p99, idle RSS per connection.
 
 Writes results/peers.md (the tables) and results/peers.png (via report.plot_all).
 """
@@ -412,11 +412,12 @@ def bench_peers(run: Run) -> dict:
         out["servers"] = {t.key: {"label": t.label, "revisions": list(t.revisions)}
                           for t in targets}
         out["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
+        # phones first: their idle RSS is read on servers whose heaps no earlier load has grown
         t0 = time.monotonic()
-        run_matrix(run, targets, frames, out)
-        t1 = time.monotonic()
         many_phones(run, targets, frames, out)
-        out["phase_s"] = {"matrix": round(t1 - t0, 1), "phones": round(time.monotonic() - t1, 1)}
+        t1 = time.monotonic()
+        run_matrix(run, targets, frames, out)
+        out["phase_s"] = {"phones": round(t1 - t0, 1), "matrix": round(time.monotonic() - t1, 1)}
         out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     finally:
         for t in targets:
