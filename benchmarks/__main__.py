@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             res["mode"] = "full" if args.full else "quick"
             res["machine"] = report.machine()
             res["source"] = {"tree": args.tree, "commit": SOURCE["commit"],
-                             "patches": SOURCE.get("patches", [])}
+                             "patches": SOURCE.get("patches", []),
+                             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             write_json(name, res)
             results[name] = res
             print(f"== {name} done in {seconds[name]:.0f} s", file=sys.stderr, flush=True)
