@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 # imports in the serve command's own check, fails in a worker (as a processor whose import
 # needs what only the worker's environment has)

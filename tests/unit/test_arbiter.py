@@ -22,6 +22,7 @@ from camstream.liveness import ALIVE_S, Liveness
 from camstream.supervisor.arbiter import EXIT_GAVE_UP, Supervisor
 from camstream.supervisor.children import WORKER, ChildSpec, Command
 from camstream.supervisor.notify import Notifier
+from tests.helpers import wait_for
 
 
 def python(code: str):
@@ -101,8 +102,9 @@ def test_a_child_that_never_boots_stops_everything_with_one_line(supervisors, ru
     started = time.monotonic()
     assert sup.run() == EXIT_GAVE_UP == 1
     took = time.monotonic() - started
-    # five boots (a tenth of a second each) and the backoff between them: 0.4 + 0.8 + 1.6 s
-    assert took < 2.8 + 5 * 1.0 + 2, took
+    # five boots (a tenth of a second each, more on a loaded machine) and the backoff
+    # between them: 0.4 + 0.8 + 1.6 s
+    assert took < 2.8 + 5 * 3.0, took
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
     assert errors[0].startswith("ingest failed to start 5 times in a row (the last, pid ")
@@ -137,15 +139,6 @@ def touch_on_term(marker: Path, ignore: bool = False) -> str:
             f"open({str(marker) + '.ready'!r}, 'w').close()\ntime.sleep(60)\n")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_stop_goes_by_share_then_kills_what_outlasts_the_timeout(supervisors, rundir, caplog):
     specs = [spec("worker 1", touch_on_term(rundir / "worker"), role=WORKER, stop_share=1.0),
              spec("display", touch_on_term(rundir / "display"), stop_share=0.1),
@@ -153,7 +146,8 @@ def test_stop_goes_by_share_then_kills_what_outlasts_the_timeout(supervisors, ru
     sup = supervisors(Config(workers=1, runtime_dir=str(rundir), stop_timeout=1.0), specs)
     sup.manage()
     wait_for(lambda: all((rundir / f"{n}.ready").exists()
-                         for n in ("worker", "display", "stubborn")), 20, "the children set up")
+                         for n in ("worker", "display", "stubborn")), 20,
+             what="the children set up")
     stubborn = sup.slots[2].proc
     started = time.monotonic()
     sup.stop()
@@ -161,7 +155,7 @@ def test_stop_goes_by_share_then_kills_what_outlasts_the_timeout(supervisors, ru
     display, worker = (float((rundir / n).read_text()) for n in ("display", "worker"))
     # the display first; the worker once the stubborn one's share (0.6 s) is over; then
     # what is left is killed
-    assert started < display < started + 0.3
+    assert started < display < worker
     assert worker >= started + 0.6 - 0.05, (worker - started)
     assert stubborn.returncode == -signal.SIGKILL and 0.6 <= took < 3, took
     assert f"stubborn (pid {stubborn.pid}) did not stop in time: killing it" in caplog.text
@@ -232,11 +226,11 @@ def test_heartbeats_make_children_ready_and_the_daemon_healthy(supervisors, rund
             time.sleep(0.05)
             sup.read_heartbeats()
             return slot.extra == {"role": slot.role, "pid": slot.proc.pid, **fields}
-        wait_for(lambda: heard(worker), 10, "the worker's report through the bus")
+        wait_for(lambda: heard(worker), 10, what="the worker's report through the bus")
         assert worker.ready and not sup.started_up()  # ingest has not reported
-        wait_for(lambda: heard(ingest, serving=False, clients=2), 10, "ingest's report")
+        wait_for(lambda: heard(ingest, serving=False, clients=2), 10, what="ingest's report")
         assert not ingest.ready and not sup.started_up()
-        wait_for(lambda: heard(ingest, serving=True, clients=2), 10, "ingest serving")
+        wait_for(lambda: heard(ingest, serving=True, clients=2), 10, what="ingest serving")
         assert sup.started_up()
         now = time.monotonic()
         assert sup.healthy(now) and not sup.healthy(now + ALIVE_S)
