@@ -32,7 +32,7 @@ def add_parser(verbs: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from camstream.supervisor import runtime
-    from camstream.supervisor.pool import Pool
+    from camstream.supervisor.pool import pool
 
     config = Config(workers=args.workers, runtime_dir=runtime_dir_of(args),
                     log_level=args.log_level, processor=args.processor,
@@ -42,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
                     **tcp_settings(args, "bind"))
     runtime.claim_runtime_dir(config.runtime_dir)
     runtime.become("pool", config.log_level)
-    return Pool(config, runtime.notifier()).run()
+    return pool(config, runtime.notifier()).run()

@@ -271,8 +271,9 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, display=False)
     notifier = runtime.notifier()
     if config.ingest_only:  # no workers here: they are a pool's
-        from camstream.supervisor.pool import IngestNode
-        return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+        from camstream.supervisor.pool import ingest_node
+        return ingest_node(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+    from camstream.supervisor import children
     from camstream.supervisor.arbiter import Supervisor
-    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv),
-                      web_listener=web_listener).run()
+    return Supervisor(config, children.serving(config, listener, web_listener), notifier,
+                      reload=lambda: parse_serve(argv)).run()

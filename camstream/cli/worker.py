@@ -25,7 +25,7 @@ def add_parser(verbs: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from camstream.supervisor.arbiter import worker_env
+    from camstream.supervisor.children import worker_env
     from workers.worker import run_standalone
 
     config = Config(workers=1, log_level=args.log_level, processor=args.processor,

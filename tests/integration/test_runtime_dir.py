@@ -50,7 +50,7 @@ def serve_as(users, user: str, port: int) -> subprocess.CompletedProcess:
 SERVE_MODULES = ("camstream.cli", "camstream.cli.serve", "camstream.supervisor.runtime",
                  "camstream.bus", "camstream.rundir", "camstream.users",
                  "camstream.supervisor.notify", "camstream.proc", "camstream.supervisor.arbiter",
-                 "camstream.supervisor.pool",
+                 "camstream.supervisor.pool", "camstream.supervisor.children",
                  "camstream.attach.display", "camstream.attach.tap", "camstream.client", "ctypes.util",
                  "workers.processors", "workers.builtin", "setproctitle", "ssl")
 

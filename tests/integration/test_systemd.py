@@ -18,6 +18,7 @@ import requests
 import socketio
 
 from camstream import opencv
+from camstream.liveness import ALIVE_S
 from camstream.supervisor import systemd as service
 from camstream.cli.args import CliError
 from camstream.cli.serve import parse_serve, serve_parser
@@ -120,7 +121,7 @@ def test_notify_protocol(daemons, tmp_path, clients):
         ingest = d.child("ingest")
         ingest.suspend()
         try:
-            time.sleep(2.5)  # the last heartbeat goes stale
+            time.sleep(ALIVE_S + 0.5)  # the last heartbeat goes stale
             hung = time.monotonic()
             time.sleep(3)
             assert notify.times("WATCHDOG", since=hung) == []
