@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="camstream under test: the last commit (default: a snapshot, so "
                         "edits during the run change nothing) or the working tree as it is")
     parser.add_argument("--patch", action="append", type=Path, metavar="DIFF",
-                        help="apply this diff (e.g. benchmarks/patches/*.diff) to the snapshot "
+                        help="apply this unified diff (paths a/camstream/...) to the snapshot "
                         "under test, never to the repository; repeatable")
     args = parser.parse_args(argv)
     names = args.only or DEFAULT
