@@ -520,6 +520,9 @@ class LegacyServer:
             session.session.end_upgrade(False)
             Connection._close_ws(ws, None)
             return []
+        except BaseException:  # a kill, a bug: the session may still be upgraded later
+            session.session.end_upgrade(False)
+            raise
         if session.closed:
             session.session.end_upgrade(False)
             Connection._close_ws(ws, None)
