@@ -134,7 +134,7 @@ def window_on(d: Daemon, workdir: Path, client: str, frame: Path, window: int, c
             spy_proc = subprocess.Popen(
                 [str(Path(PY).parent / "py-spy"), "record", "--pid", str(ingest.pid),
                  "--native", "--format", "raw", "-o", str(spy), "-d", str(int(seconds)),
-                 "-r", "250", "--nonblocking"],
+                 "-r", "250"],  # --native cannot be --nonblocking
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(seconds)
         t1, c1, cpu1 = time.monotonic(), totals(d), cpu_seconds(ingest)
@@ -155,6 +155,24 @@ def window_on(d: Daemon, workdir: Path, client: str, frame: Path, window: int, c
                               default=None),
             "disconnects": sum(r.get("disconnects", 0) for r in reports),
             "errors": [r["error"] for r in reports if r.get("error")]}
+
+
+def profile_text(label: str, top: dict, clients: int, date: str) -> str:
+    """The top entries of a py-spy profile, as benchmarks/results/profile-*.txt keep them."""
+    w = top["window"]
+    lines = [f"camstream ingest under load, commit {label}, {date}",
+             f"py-spy record --native -r 250 (blocking: it slows ingest while it samples), "
+             f"{clients} JS 4.x clients, frame with ack, window 4, "
+             f"{round(w.get('bytes', 0) / 1000) or '?'} KB frames, 1 worker",
+             "python -m benchmarks.framecost --tree COMMIT --profile DIR",
+             f"during the profile: {w['fps']} accepted fps, {w['frames_per_cpu_s']} frames per "
+             f"ingest CPU-s (the figures without the profiler are in docs/performance.md)",
+             f"samples: {top['samples']}", "", "self (top 40)"]
+    lines += [f"{e['pct']:5.1f} %  {e['frame']}" for e in top["self"][:40]]
+    lines += ["", "total (top 60; the greenlet and server frames above the handlers omitted)"]
+    lines += [f"{e['pct']:5.1f} %  {e['frame']}" for e in top["total"]
+              if not e["frame"].startswith("greenlet::")][:60]
+    return "\n".join(lines) + "\n"
 
 
 def _median(values: list) -> float | None:
@@ -217,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                     raw = workdir / f"spy-{label}.txt"
                     res = window_on(d, workdir, "4", frames[kb], 4, args.clients,
                                     max(args.seconds, 10), spy=raw)
-                    top = parse_collapsed(raw.read_text() if raw.exists() else "", top=30)
+                    res["bytes"] = frames[kb].stat().st_size
+                    top = parse_collapsed(raw.read_text() if raw.exists() else "", top=90)
                     top["window"] = res
                     (args.profile / f"spy-{label}.json").write_text(json.dumps(top, indent=1))
+                    (args.profile / f"profile-{label}.txt").write_text(
+                        profile_text(label, top, args.clients, results["date"]))
                     if raw.exists():
                         (args.profile / f"spy-{label}.collapsed").write_text(raw.read_text())
         finally:
