@@ -242,8 +242,10 @@ class Ingest:
             gevent.spawn_later(0.5, conn.disconnect)
         return ok
 
-    def on_frame(self, conn: Conn, args: tuple) -> dict:
-        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``."""
+    def on_frame(self, conn: Conn, args: tuple, ack=None) -> dict | None:
+        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``.
+        With ``ack`` (a callable), the ack is deferred: an accepted frame's goes out when it
+        leaves the mailbox (backpressure: camstream.ingest.dispatch), a refusal's at once."""
         counts = conn.counts or self.unauthenticated
         counts.received += 1
         seq = counts.received
@@ -253,11 +255,19 @@ class Ingest:
                 counts.refuse(reason)
                 self._log_once(conn, reason, "refusing frames from %s: %s",
                                conn.name or conn.address, reason)
-                return {"accepted": False, "seq": seq, "reason": reason}
+                result = {"accepted": False, "seq": seq, "reason": reason}
+                if ack is None:
+                    return result
+                ack(result)
+                return None
             jpeg = args[-1]
             header = wire.Header(conn.name, conn.number, seq, time.time_ns(), len(jpeg)).pack()
-            self.dispatcher.offer(conn.number, header, jpeg, seq)
-            return {"accepted": True, "seq": seq, "dropped": counts.dropped}
+            if ack is None:
+                self.dispatcher.offer(conn.number, header, jpeg, seq)
+                return {"accepted": True, "seq": seq, "dropped": counts.dropped}
+            self.dispatcher.offer(conn.number, header, jpeg, seq, lambda: ack(
+                {"accepted": True, "seq": seq, "dropped": counts.dropped}))
+            return None
         finally:
             gevent.sleep(0)
 
@@ -535,6 +545,16 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         if conn:
             return ingest.on_frame(conn, args)
         return {"accepted": False, "seq": 0, "reason": "not connected"}
+
+    def frame_acked_later(sid, args: tuple, ack) -> None:
+        """``frame`` with its ack deferred (sioserver: the lean websocket path, and every
+        ``frame`` that asks for an ack)."""
+        conn = ingest.conns.get(sid)
+        if conn:
+            ingest.on_frame(conn, args, ack)
+        else:
+            ack({"accepted": False, "seq": 0, "reason": "not connected"})
+    sio.on_frame = frame_acked_later
 
     @sio.on("*")
     def unknown(event, sid, *args):

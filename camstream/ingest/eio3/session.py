@@ -559,6 +559,10 @@ class Session:
         elif event == "receiveImage":
             ingest.on_frame(conn, args)
             result = None
+        elif event == "frame" and pkt.id is not None:  # acked when it leaves the mailbox
+            ingest.on_frame(conn, args, lambda result, ack_id=pkt.id: self.send_sio(
+                Packet(ACK, id=ack_id, data=[result])))
+            return
         elif event == "frame":
             result = ingest.on_frame(conn, args)
         else:  # logged once; no ack even when asked for, as the reference server
