@@ -4,7 +4,8 @@
 // tests/js/node_modules, websocket transport, authenticate(user, "", "onAuthentication"),
 // then frame({n}, bytes) with an ack, keeping `window` frames in flight.
 // Same protocol with the orchestrator as benchmarks/loadclient.py: one JSON argument
-// {url, client, name, frame, window, duration, out, go}; writes `out + ".ready"` once logged
+// {url, client, name, frame, window, duration, out, go, fps}; with fps > 0 at most fps
+// frames a second (paced below capacity: the cost of a frame, not of saturation); writes `out + ".ready"` once logged
 // in, waits for the `go` file (the start time, seconds since the epoch), sends, then writes
 // `out` (JSON: sent, acked, accepted, refused, ack_ms percentiles).
 "use strict";
@@ -57,6 +58,13 @@ function waitGo(deadline) {
 function run() {
   const end = (startAt + cfg.duration) * 1000;
   let inFlight = 0;
+  const interval = cfg.fps > 0 ? 1000 / cfg.fps : 0;
+  let next = Date.now();
+  const paced = () => {
+    if (!interval) return send();
+    next = Math.max(next + interval, Date.now() - 1000);
+    setTimeout(send, Math.max(0, next - Date.now()));
+  };
   const send = () => {
     if (Date.now() >= end || !socket.connected) {
       if (inFlight === 0 && !closing) {
@@ -76,7 +84,7 @@ function run() {
       ackMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
       if (ack && ack.accepted) report.accepted += 1; else report.refused += 1;
       if (ack && ack.dropped) report.dropped_seen = ack.dropped;
-      send();
+      paced();
     });
   };
   for (let i = 0; i < windowSize; i++) send();

@@ -71,7 +71,7 @@ def tree_env(workdir: Path, tree: str) -> tuple[dict, str]:
 
 
 def run_clients(url: str, workdir: Path, client: str, frame: Path, window: int, count: int,
-                seconds: float) -> tuple[list, float]:
+                seconds: float, fps: float = 0) -> tuple[list, float]:
     """Start ``count`` ack clients; return (processes with their report paths, start time)."""
     tag = time.monotonic_ns()
     go = workdir / f"go-{tag}"
@@ -79,7 +79,8 @@ def run_clients(url: str, workdir: Path, client: str, frame: Path, window: int, 
     for i in range(count):
         out = workdir / f"ack-{tag}-{i}.json"
         cfg = {"url": url, "client": client, "name": f"cam{i}", "frame": str(frame),
-               "window": window, "duration": seconds, "out": str(out), "go": str(go)}
+               "window": window, "duration": seconds, "out": str(out), "go": str(go),
+               "fps": fps}
         procs.append((subprocess.Popen([NODE, str(BENCH / "ackclient.js"), json.dumps(cfg)],
                                        cwd=ROOT, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL), out))
@@ -122,10 +123,11 @@ def totals(d: Daemon) -> dict:
 
 
 def window_on(d: Daemon, workdir: Path, client: str, frame: Path, window: int, count: int,
-              seconds: float, spy: Path | None = None) -> dict:
+              seconds: float, spy: Path | None = None, fps: float = 0) -> dict:
     """One measured window: from 1 s after the clients start to 0.5 s before they stop."""
     ingest = d.ingest()
-    procs, start = run_clients(d.url, workdir, client, frame, window, count, seconds + 1.5)
+    procs, start = run_clients(d.url, workdir, client, frame, window, count, seconds + 1.5,
+                               fps)
     spy_proc = None
     try:
         time.sleep(max(0.0, start - time.time()) + 1.0)
@@ -147,6 +149,7 @@ def window_on(d: Daemon, workdir: Path, client: str, frame: Path, window: int, c
     cpu, wall = cpu1 - cpu0, t1 - t0
     dropped = c1["dropped"] - c0["dropped"]
     return {"accepted": accepted, "fps": round(accepted / wall, 1), "cpu_s": round(cpu, 2),
+            "cpu_us_per_frame": round(cpu / accepted * 1e6) if accepted else None,
             "frames_per_cpu_s": round(accepted / cpu) if cpu > 0 else None,
             "dropped_pct": round(100 * dropped / accepted, 1) if accepted else None,
             "processed_fps": round((c1.get("processed", 0) - c0.get("processed", 0)) / wall, 1),
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--revisions", default="4,2", help="JS client majors: 4 (EIO4), 2 (EIO3)")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fps", type=float, default=0,
+                        help="pace each client to this rate (0: as fast as acks come back)")
     parser.add_argument("--rounds", type=int, default=1, help="windows per daemon and config")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also py-spy each daemon's ingest; write the top entries here")
@@ -218,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                         for _ in range(args.rounds):
                             for label, d in daemons.items():
                                 res = window_on(d, workdir, rev, frame, window, args.clients,
-                                                args.seconds)
+                                                args.seconds, fps=args.fps)
                                 res.update(client=f"{rev}.x", kb=kb, window=window,
+                                           paced_fps=args.fps,
                                            bytes=frame.stat().st_size)
                                 results["trees"][label].append(res)
-                                print(f"{label:>9} {rev}.x {kb:>3} KB w{window}: "
+                                print(f"{label:>9} {rev}.x {kb:>3} KB w{window}"
+                                      f"{f' {args.fps:g} Hz' if args.fps else ''}: "
                                       f"{res['frames_per_cpu_s']} frames/CPU-s, "
                                       f"{res['fps']} fps, dropped {res['dropped_pct']} %, "
                                       f"processed {res['processed_fps']} fps, ack p50 "
