@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import socketio
 
-from conftest import make_jpeg, terminate, wait_for
+from tests.helpers import ROOT, make_jpeg, terminate, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.serial  # a share of frames at saturation: alone on the machine
 ACK_CLIENT = ROOT / "benchmarks" / "ackclient.js"
 NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
 
