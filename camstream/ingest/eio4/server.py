@@ -176,9 +176,7 @@ class EngineIOSocket(engineio.socket.Socket):
         pushed_back: list = []  # messages read ahead that python-engineio reads next
 
         def checked_wait():  # an error here ends python-engineio's read loop, and the session
-            if pushed_back:
-                return pushed_back.pop()
-            message = wait()
+            message = pushed_back.pop() if pushed_back else wait()  # checked as any other
             while isinstance(message, str) and message.startswith("451-") and \
                     acks is not None and sio is not None:
                 taken = sio.take_frame(self.sid, message, wait, acks)
