@@ -726,6 +726,7 @@ def parse_serve(argv: list[str]) -> Config:
 def run_serve(args: argparse.Namespace) -> int:
     from camstream.supervisor.notify import Notifier
     from camstream.proc import setup_logging
+    from camstream.supervisor import children
     from camstream.supervisor.arbiter import Supervisor
 
     argv = args.argv
@@ -745,15 +746,15 @@ def run_serve(args: argparse.Namespace) -> int:
     os.umask(0o007)  # recordings readable by the service's group (sockets: camstream.rundir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
     if config.ingest_only:  # no workers here: they are a pool's
-        from camstream.supervisor.pool import IngestNode
-        return IngestNode(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
-    return Supervisor(config, listener, notifier, reload=lambda: parse_serve(argv),
-                      web_listener=web_listener).run()
+        from camstream.supervisor.pool import ingest_node
+        return ingest_node(config, listener, notifier, reload=lambda: parse_serve(argv)).run()
+    return Supervisor(config, children.serving(config, listener, web_listener), notifier,
+                      reload=lambda: parse_serve(argv)).run()
 
 
 def run_pool(args: argparse.Namespace) -> int:
     from camstream.supervisor.notify import Notifier
-    from camstream.supervisor.pool import Pool
+    from camstream.supervisor.pool import pool
     from camstream.proc import setup_logging
 
     config = Config(workers=args.workers, runtime_dir=runtime_dir_of(args),
@@ -768,7 +769,7 @@ def run_pool(args: argparse.Namespace) -> int:
     setup_logging(config.log_level)
     os.umask(0o007)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
-    return Pool(config, notifier).run()
+    return pool(config, notifier).run()
 
 
 def run_worker(args: argparse.Namespace) -> int:

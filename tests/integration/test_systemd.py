@@ -18,6 +18,7 @@ import requests
 import socketio
 
 from camstream import opencv
+from camstream.liveness import ALIVE_S
 from camstream.supervisor import systemd as service
 from camstream.cli import CliError, build_parser, parse_serve
 from tests.helpers import ROOT, make_jpeg, make_users, wait_for
@@ -119,7 +120,7 @@ def test_notify_protocol(daemons, tmp_path, clients):
         ingest = d.child("ingest")
         ingest.suspend()
         try:
-            time.sleep(2.5)  # the last heartbeat goes stale
+            time.sleep(ALIVE_S + 0.5)  # the last heartbeat goes stale
             hung = time.monotonic()
             time.sleep(3)
             assert notify.times("WATCHDOG", since=hung) == []

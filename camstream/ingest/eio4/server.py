@@ -36,6 +36,7 @@ import engineio.socket
 import socketio
 
 from camstream.ingest import wsfast
+from camstream.ingest.limits import MAX_ATTACHMENTS
 
 log = logging.getLogger("camstream.sioserver")
 
@@ -60,7 +61,7 @@ class BoundedPacket(socketio.packet.Packet):
     carries is a protocol error (it would otherwise make the server wait for, and hold, an
     unbounded number of them)."""
 
-    MAX_ATTACHMENTS = 4
+    MAX_ATTACHMENTS = MAX_ATTACHMENTS  # camstream.ingest.limits: both revisions
 
     def decode(self, encoded_packet):
         try:
