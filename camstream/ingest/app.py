@@ -338,6 +338,19 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     for event in ingest.events:
         sio.on(event, on(event))
 
+    def frame_acked_later(sid, args: tuple, ack) -> None:
+        """``frame`` with its ack deferred (sioserver: the lean websocket path, and every
+        ``frame`` that asks for an ack); it yields, as every handler."""
+        conn = ingest.conns.get(sid)
+        try:
+            if conn is None:
+                ack(NOT_CONNECTED["frame"])
+            else:
+                ingest.on_frame(conn, args, ack)
+        finally:
+            gevent.sleep(0)
+    sio.on_frame = frame_acked_later
+
     @sio.on("*")
     def unknown(event, sid, *args):
         """Logged once per connection; no ack even when one is asked for, as the reference

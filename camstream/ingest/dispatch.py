@@ -10,6 +10,13 @@ with ``--route client`` there is one lane per worker instead, and the
 :class:`~camstream.ingest.routing.Router` says which lane each client's frames take: a full or dead
 worker then holds up its own clients only.
 Every accepted frame is also published on the bus for displays and taps (PUB never blocks).
+
+Backpressure for clients that pace themselves on acks: a frame offered with a ``release``
+callback (``frame`` with an ack) is acked by that callback when it leaves the mailbox, for a
+worker or dropped, not when it arrives. Such a client then sends as fast as the pipeline
+takes its frames, and its mailbox holds up to ``ACK_WINDOW`` of them (its frames in flight)
+before the oldest is dropped; frames without an ack (``receiveImage``) keep ``queue_depth``,
+newest wins.
 """
 from __future__ import annotations
 
@@ -27,6 +34,19 @@ from camstream.ingest.routing import Router
 from camstream.ingest.ledger import ClientCounts
 
 log = logging.getLogger("camstream.ingest")
+
+# frames with a pending ack a mailbox holds (at least queue_depth): a client's window of
+# frames in flight; beyond it, the oldest is dropped (and acked) as for any frame
+ACK_WINDOW = 8
+
+
+def release(frame: tuple) -> None:
+    """Ack a frame that leaves its mailbox (``frame[3]``, when it was offered with one)."""
+    if frame[3] is not None:
+        try:
+            frame[3]()
+        except Exception:  # noqa: BLE001 (a dead client's ack must not stop a lane)
+            log.debug("an ack could not be released", exc_info=True)
 
 
 class Mailbox:
@@ -78,6 +98,7 @@ class Dispatcher:
         # to take its client) exactly while it holds frames; parked in order of arrival
         self.parked: dict[Mailbox, None] = {}
         self.waiting = 0     # frames in mailboxes
+        self.ack_depth = max(queue_depth, ACK_WINDOW)
 
     @property
     def ready(self) -> collections.deque:
@@ -103,6 +124,8 @@ class Dispatcher:
                 del self.parked[box]
                 box.counts.dropped += len(box.frames)
                 self.waiting -= len(box.frames)
+                for frame in box.frames:
+                    release(frame)
                 box.frames.clear()
             if not box.frames:
                 self.forget(box)
@@ -111,14 +134,16 @@ class Dispatcher:
         if self.boxes.get(box.session) is box:
             del self.boxes[box.session]
 
-    def offer(self, session: str, header: bytes, jpeg: bytes, seq: int) -> None:
+    def offer(self, session: str, header: bytes, jpeg: bytes, seq: int,
+              on_release: Callable[[], None] | None = None) -> None:
+        """Mail a frame; ``on_release`` (its ack) is called once it leaves the mailbox."""
         box = self.boxes[session]
         was_empty = not box.frames
-        if len(box.frames) >= self.depth:
-            box.frames.popleft()
+        if len(box.frames) >= (self.depth if on_release is None else self.ack_depth):
+            release(box.frames.popleft())
             box.counts.dropped += 1
             self.waiting -= 1
-        box.frames.append((header, jpeg, seq))
+        box.frames.append((header, jpeg, seq, on_release))
         self.waiting += 1
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
         if self.router is not None:
@@ -203,26 +228,29 @@ class Dispatcher:
                 lane.ready.append(box)
             elif box.closed:
                 self.forget(box)
-            header, jpeg, seq = frame
+            header, jpeg, seq, _ = frame
             lane.in_hand = 1
             try:
                 sent = self.hand_over(lane, header, jpeg)
             except BaseException:  # every frame ends in a counter, even on an error
                 box.counts.dropped += 1
+                release(frame)
                 raise
             finally:
                 lane.in_hand = 0
             if sent:
                 box.counts.dispatched += 1
                 box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
+                release(frame)
             else:
                 self.give_back(box, frame)
 
     def give_back(self, box: Mailbox, frame: tuple) -> None:
         """A frame whose worker went away before taking it: first in its mailbox again, and
         routed anew; unless a newer frame has filled the mailbox meanwhile (newest wins)."""
-        if len(box.frames) >= self.depth:
+        if len(box.frames) >= (self.depth if frame[3] is None else self.ack_depth):
             box.counts.dropped += 1
+            release(frame)
             return
         box.frames.appendleft(frame)
         self.waiting += 1

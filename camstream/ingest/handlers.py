@@ -220,8 +220,10 @@ class Handlers:
         """The prototype's ``receiveImage(jpeg)``: a frame, acked with nothing."""
         self.on_frame(conn, args)
 
-    def on_frame(self, conn: Conn, args: tuple) -> dict:
-        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``."""
+    def on_frame(self, conn: Conn, args: tuple, ack=None) -> dict | None:
+        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``.
+        With ``ack`` (a callable), the ack is deferred: an accepted frame's goes out when it
+        leaves the mailbox (backpressure: camstream.ingest.dispatch), a refusal's at once."""
         counts = conn.counts or self.unauthenticated
         counts.received += 1
         seq = counts.received
@@ -230,11 +232,19 @@ class Handlers:
             counts.refuse(reason)
             self._log_once(conn, reason, "refusing frames from %s: %s",
                            conn.name or conn.address, reason)
-            return {"accepted": False, "seq": seq, "reason": reason}
+            result = {"accepted": False, "seq": seq, "reason": reason}
+            if ack is None:
+                return result
+            ack(result)
+            return None
         jpeg = args[-1]
         header = wire.Header(conn.name, conn.number, seq, time.time_ns(), len(jpeg)).pack()
-        self.dispatcher.offer(conn.number, header, jpeg, seq)
-        return {"accepted": True, "seq": seq, "dropped": counts.dropped}
+        if ack is None:
+            self.dispatcher.offer(conn.number, header, jpeg, seq)
+            return {"accepted": True, "seq": seq, "dropped": counts.dropped}
+        self.dispatcher.offer(conn.number, header, jpeg, seq, lambda: ack(
+            {"accepted": True, "seq": seq, "dropped": counts.dropped}))
+        return None
 
     def _check(self, conn: Conn, args: tuple) -> str:
         if conn.name is None:

@@ -10,19 +10,33 @@
   against the limit before reading the payload.
 - ``WebSocket.receive``: a message over the limit closes the websocket with 1009 (message too
   big), one log line.
+
+The payload is read straight from the socket into a reused buffer (``readinto``) and unmasked
+out of it by ``websockets.speedups.apply_mask`` (C): one copy, which is the frame handed on.
+Also here, for both protocol revisions: :func:`parse_frame_event`, which recognises the one
+packet that carries a camera frame without the generic Socket.IO decoder, and
+:class:`AckWriter`, which writes the acks released in one loop turn as one ``send``.
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
+import re
 import socket
 import struct
 
 import gevent
+import gevent.lock
 
 import numpy as np
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.websocket import Header, WebSocket
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets without its C extension: numpy below
+    apply_mask = None
 
 log = logging.getLogger("camstream.wsfast")
 MAX_CONTROL = 125  # RFC 6455 5.5: a control frame's payload
@@ -50,6 +64,41 @@ def unmask(self: Header, payload: bytes) -> bytearray:
     for i in range(words * 4, n):
         out[i] ^= mask[i % 4]
     return out
+
+
+def unmasked(payload, mask: bytes) -> bytes:
+    """``payload`` (a buffer, left untouched) XOR the mask, as new bytes."""
+    if apply_mask is not None:
+        return apply_mask(payload, mask)
+    out = bytearray(payload)
+    header = Header()
+    header.mask = mask
+    return bytes(unmask(header, out))
+
+
+MAX_KEPT_BUFFER = 1 << 20  # a reader's buffer kept for the next frame up to this size
+_buffers: list[bytearray] = []  # free read buffers (one is taken while a payload is read)
+
+
+def read_payload(ws: WebSocket, length: int, mask: bytes) -> bytes:
+    """``length`` bytes of a frame's payload, unmasked: read into a reused buffer (no bytes
+    object per read), then one copy out of it, unmasking."""
+    buf = _buffers.pop() if _buffers else bytearray(65536)
+    try:
+        if len(buf) < length:
+            buf = bytearray(max(length, 2 * len(buf)))
+        view = memoryview(buf)[:length]
+        got, readinto = 0, ws.stream.handler.rfile.readinto
+        while got < length:
+            n = readinto(view[got:])
+            if not n:
+                raise WebSocketError("Unexpected EOF reading frame payload")
+            got += n
+        return unmasked(view, mask) if mask else bytes(view)
+    finally:
+        del view
+        if len(buf) <= MAX_KEPT_BUFFER and len(_buffers) < 16:
+            _buffers.append(buf)
 
 
 def check_length(header: Header, so_far: int, limit: int) -> None:
@@ -89,12 +138,7 @@ def read_frame(self: WebSocket):
         _reading[id(self)] = so_far + header.length
     if not header.length:
         return header, b""
-    payload = self.raw_read(header.length)
-    if len(payload) != header.length:
-        raise WebSocketError("Unexpected EOF reading frame payload")
-    if header.mask:
-        payload = header.unmask_payload(payload)
-    return header, payload
+    return header, read_payload(self, header.length, header.mask)
 
 
 def receive(self: WebSocket):
@@ -107,6 +151,73 @@ def receive(self: WebSocket):
         WebSocket.hits["message_too_big"] += 1
         close_with(self, CLOSE_TOO_BIG, b"message too big")
         return None
+
+
+# -- the frame event, recognised without the generic decoder -----------------------------------
+
+# ``451-<ack id>["frame",<meta>,{"_placeholder":true,"num":0}]``: an Engine.IO message (4) of a
+# Socket.IO binary event (5) with one attachment, on the default namespace, as the JS and
+# Python clients of both revisions write it
+FRAME_EVENT = re.compile(r'451-(\d{0,15})\["frame",(\{.*\}),'
+                         r'\{"_placeholder":true,"num":0\}\]', re.DOTALL)
+
+
+def parse_frame_event(text: str) -> tuple[int | None, dict] | None:
+    """``(ack id or None, meta)`` of a ``frame`` event's text packet, or None for anything
+    else (which then goes to the generic decoder, with its checks and errors). Pure."""
+    match = FRAME_EVENT.fullmatch(text)
+    if match is None or "_placeholder" in match.group(2):
+        return None
+    try:
+        meta = json.loads(match.group(2))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    return (int(match.group(1)) if match.group(1) else None), meta
+
+
+def ack_text(ack_id: int, result) -> str:
+    """The Socket.IO ack of ``result``, as an Engine.IO message: ``43<id>[<result>]``."""
+    return f"43{ack_id}{json.dumps([result], separators=(',', ':'))}"
+
+
+class AckWriter:
+    """Writes a websocket's acks without its writer greenlet: those released in one loop turn
+    go out as one ``sendall`` of their frames, from a greenlet of their own (a dispatcher
+    releasing an ack must never wait for a client's socket). ``lock`` is held by everything
+    else that writes on the websocket, so frames never interleave."""
+
+    __slots__ = ("ws", "lock", "pending", "flushing")
+
+    def __init__(self, ws: WebSocket, lock: gevent.lock.RLock) -> None:
+        self.ws = ws
+        self.lock = lock
+        self.pending: list[bytes] = []
+        self.flushing = False
+
+    def write(self, text: str) -> None:
+        """Queue one text message; it leaves once this loop turn is over."""
+        self.pending.append(text.encode())
+        if not self.flushing:
+            self.flushing = True
+            gevent.spawn(self.flush)
+
+    def flush(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                wire = b"".join(Header.encode_header(True, WebSocket.OPCODE_TEXT, b"",
+                                                     len(p), 0) + p for p in batch)
+                if self.ws.closed:
+                    return
+                with self.lock:
+                    self.ws.stream.write(wire)
+        except (WebSocketError, OSError, AttributeError):
+            pass  # a dead socket: its reader sees it too and closes the session
+        finally:
+            self.pending.clear()
+            self.flushing = False
 
 
 def close_with(ws: WebSocket, code: int, reason: bytes = b"") -> None:

@@ -61,7 +61,10 @@ def test_a_flood_without_acks_is_bounded_and_counted(daemons):
     assert peak - rss_before < 100 * 1024 * 1024, (rss_before, peak)
     # the steady client was served throughout and never disconnected
     assert steady.disconnects == 0 and steady.errors == 0, d.output()[-3000:]
-    assert len(steady.acks) >= 40 and all(a["accepted"] for a in steady.acks)
+    # its acks come as its frames leave for the worker (backpressure): its round-robin share
+    # of the one worker beside three floods, not its 10 Hz, and none of its frames dropped
+    assert len(steady.acks) >= 10 and all(a["accepted"] for a in steady.acks)
+    assert d.health()["clients"]["steady"]["dropped"] == 0
 
     def counted():
         h = d.health()["clients"]

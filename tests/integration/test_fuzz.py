@@ -128,12 +128,37 @@ def binary_events(draw, eio: int) -> list:
     args = [{}] + [{"_placeholder": True, "num": n} for n in nums]
     sent = draw(st.integers(0, 5))
     prefix = b"\x04" if eio == 3 else b""
-    return [f"45{announced}-" + draw(st.sampled_from(["", "17"])) + json.dumps([event, *args])] \
+    separators = draw(st.sampled_from([(", ", ": "), (",", ":")]))  # compact: the lean path's
+    return [f"45{announced}-" + draw(st.sampled_from(["", "17"])) +
+            json.dumps([event, *args], separators=separators)] \
         + [prefix + JPEG[:draw(st.integers(0, len(JPEG)))] for _ in range(sent)]
 
 
+def frame_packet(ack: str, meta) -> str:
+    """The text packet of a ``frame`` event in the exact shape the lean path recognises."""
+    return f'451-{ack}["frame",{json.dumps(meta, separators=(",", ":"))},' \
+        '{"_placeholder":true,"num":0}]'
+
+
+@st.composite
+def lean_frames(draw, eio: int) -> list:
+    """A ``frame`` event as the lean websocket path takes it (camstream.ingest.wsfast), then
+    what follows in its attachment's place: the JPEG, a part of it, empty, text, another
+    packet, one over the limit, or nothing."""
+    ack = draw(st.one_of(st.just(""), st.integers(0, 10 ** 15).map(str)))
+    meta = draw(st.one_of(st.just({}), st.dictionaries(st.text(max_size=6), values,
+                                                       max_size=3)))
+    prefix = b"\x04" if eio == 3 else b""
+    after = draw(st.lists(st.one_of(
+        st.just(prefix + JPEG), st.integers(0, len(JPEG)).map(lambda n: prefix + JPEG[:n]),
+        st.just(b""), st.text(max_size=20), sio_packets().map(lambda p: "4" + p),
+        st.just(prefix + b"\xff" * (3 * MAX_FRAME))), max_size=2))
+    return [frame_packet(ack, meta), *after]
+
+
 def fuzz_inputs(eio: int):
-    return st.one_of(st.lists(eio_messages(eio), min_size=1, max_size=3), binary_events(eio))
+    return st.one_of(st.lists(eio_messages(eio), min_size=1, max_size=3), binary_events(eio),
+                     lean_frames(eio))
 
 
 def may_be_silent(messages: list) -> bool:
@@ -182,6 +207,32 @@ def test_fuzz_websocket(target, eio):
     unharmed(d, bystander)
     # the fuzzing reached both ends: inputs that closed their connection and inputs ignored
     assert outcomes["closed"] >= 10 and outcomes["answered"] >= 5, outcomes
+
+
+@FUZZ
+@given(text=st.one_of(
+    sio_packets().map(lambda p: "4" + p),
+    st.builds(frame_packet, st.one_of(st.just(""), st.integers(0, 10 ** 20).map(str),
+                                      st.text(max_size=3)),
+              st.one_of(values, placeholders, st.dictionaries(st.text(max_size=4), placeholders,
+                                                              max_size=2))),
+    st.builds(lambda a, b: f'451-{a}["frame",{b},{{"_placeholder":true,"num":0}}]',
+              st.text(max_size=4), st.text(max_size=20))))
+def test_fuzz_lean_frame_recogniser(text):
+    """What the lean path takes for a ``frame`` event is exactly what the generic decoder
+    reads as one: the event ``frame`` on the default namespace, one attachment, the same ack
+    id and meta object; whatever it refuses goes on to the generic decoder (no daemon)."""
+    from camstream.ingest.eio4.server import BoundedPacket
+    from camstream.ingest.wsfast import parse_frame_event
+    parsed = parse_frame_event(text)
+    if parsed is None:
+        return
+    ack_id, meta = parsed
+    pkt = BoundedPacket()
+    assert pkt.decode(text[1:]) == 1
+    assert pkt.packet_type == 5 and (pkt.namespace or "/") == "/" and pkt.id == ack_id
+    assert pkt.data[0] == "frame" and pkt.data[1] == meta and isinstance(meta, dict)
+    assert pkt.data[2] == {"_placeholder": True, "num": 0}
 
 
 # -- long polling -----------------------------------------------------------------------------

@@ -300,7 +300,11 @@ class Connection:
         self.flush()
         handlers = self.server.handlers
         for event in events:
-            if isinstance(event, EventReceived):
+            if isinstance(event, EventReceived) and event.name == "frame" and \
+                    event.ack_id is not None:  # acked when it leaves the mailbox
+                handlers.on_frame(self.conn, event.args, lambda result, ack_id=event.ack_id: (
+                    self.session.ack(ack_id, result), self.flush()))
+            elif isinstance(event, EventReceived):
                 result = handlers.on_event(self.conn, event.name, event.args)
                 if result is not UNHANDLED and event.ack_id is not None:
                     self.session.ack(event.ack_id, result)

@@ -27,12 +27,15 @@ import re
 import time
 import urllib.parse
 
+import gevent.lock
+
 import engineio
 import engineio.exceptions
 import engineio.packet
 import engineio.socket
 import socketio
 
+from camstream.ingest import wsfast
 from camstream.ingest.limits import MAX_ATTACHMENTS
 
 log = logging.getLogger("camstream.sioserver")
@@ -160,9 +163,29 @@ class EngineIOSocket(engineio.socket.Socket):
 
     def _websocket_handler(self, ws):
         wait = ws.wait
+        sio = getattr(self.server, "sio", None)
+        # the lean path: a `frame` event is taken here, the rest read on by python-engineio;
+        # every write on the websocket holds `lock` (python-engineio's writer, the acks)
+        lock = gevent.lock.RLock()
+        send = ws.send
+
+        def locked_send(message):
+            with lock:
+                return send(message)
+        ws.send = locked_send
+        acks = wsfast.AckWriter(ws._sock, lock) if hasattr(ws, "_sock") else None
+        pushed_back: list = []  # messages read ahead that python-engineio reads next
 
         def checked_wait():  # an error here ends python-engineio's read loop, and the session
-            message = wait()
+            message = pushed_back.pop() if pushed_back else wait()  # checked as any other
+            while isinstance(message, str) and message.startswith("451-") and \
+                    acks is not None and sio is not None:
+                taken = sio.take_frame(self.sid, message, wait, acks)
+                if taken is not True:
+                    if taken is not False:
+                        pushed_back.append(taken)  # what followed the packet: its own turn
+                    break
+                message = wait()
             if isinstance(message, str):
                 try:
                     engineio.packet.Packet(encoded_packet=message)
@@ -274,6 +297,58 @@ class Server(socketio.Server):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.eio.describe = self.describe
+        self.eio.sio = self  # for the lean websocket path (EngineIOSocket._websocket_handler)
+
+    # frame(sid, args, ack): a `frame` with its ack deferred (set by ingest)
+    on_frame = None
+
+    def take_frame(self, eio_sid: str, text: str, read, acks: wsfast.AckWriter):
+        """The lean websocket path: a ``frame`` event recognised without the generic decoder,
+        its attachment read here, handed to ``on_frame`` with an ack written by ``acks``.
+        True: taken. False: not a frame event for this path (python-engineio reads it). Else
+        the message read after it, which was not its attachment: python-engineio then gets
+        both, in order, and answers them as it would have (errors included)."""
+        parsed = wsfast.parse_frame_event(text) if self.on_frame is not None else None
+        if parsed is None or eio_sid in self._binary_packet:
+            return False
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return False
+        ack_id, meta = parsed
+        key = ("eio4", eio_sid)
+        budget = self.incomplete
+        if budget is not None:
+            budget.start(key)  # --incomplete-timeout, while the attachment is awaited
+        try:
+            attachment = read()
+        finally:
+            if budget is not None:
+                budget.done(key)
+        if not isinstance(attachment, (bytes, bytearray)) or not attachment:
+            return attachment
+        if budget is not None:
+            reason = budget.add(key, len(attachment))
+            budget.done(key)
+            if reason:
+                self.hits["incomplete_bytes"] += 1
+                log.warning("protocol error from %s: %s; closing it", self.describe(eio_sid),
+                            reason)
+                self.eio.start_background_task(self.eio.disconnect, eio_sid)
+                return True
+        self.on_frame(sid, (meta, attachment), None if ack_id is None else (
+            lambda result: acks.write(wsfast.ack_text(ack_id, result))))
+        return True
+
+    def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
+        """A ``frame`` that asks for an ack, on any transport: acked when it leaves the
+        mailbox (ingest's ``on_frame``), not when the handler returns."""
+        if data and data[0] == "frame" and id is not None and self.on_frame is not None and \
+                (namespace or "/") == "/":
+            self.on_frame(sid, tuple(data[1:]), lambda result: server._send_packet(
+                eio_sid, self.packet_class(socketio.packet.ACK, namespace=namespace, id=id,
+                                           data=[result])))
+            return
+        return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
     def _handle_eio_disconnect(self, eio_sid, *args, **kwargs):
         if self.incomplete is not None:
