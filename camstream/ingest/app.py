@@ -188,7 +188,7 @@ class Ingest:
         conn.rate = FrameRate(self.config.max_fps)
         self.ledger.joined(name)
         self.dispatcher.open(conn.number, name, conn.counts)
-        self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
+        self.bus_pub.send_multipart(wire.Event(name, "join").pack())
         log.info("%s logged in as %r", conn.label, name)
         return True
 
@@ -223,7 +223,7 @@ class Ingest:
         self.dispatcher.close(conn.number)
         left = self.ledger.left(conn.name)
         if not left:
-            self.bus_pub.send_multipart(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
+            self.bus_pub.send_multipart(wire.Event(conn.name, "leave").pack())
         conn.name = None
 
     # -- events ------------------------------------------------------------------------------
@@ -311,13 +311,8 @@ class Ingest:
         """Take the counters workers and supervisor published since the last call. Polled
         from the heartbeat on a plain (not gevent) socket: a greenlet woken for each message
         cost a third of ingest's time under load."""
-        while True:
+        for _, report in bus.drain(self.stats_sub, wire.Stats.unpack, malformed=self._malformed):
             try:
-                parts = self.stats_sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                _, report = wire.unpack_json(parts)
                 if report.get("role") == "worker":
                     self.ledger.worker_report(report)
                     if self.dispatcher.router and not report.get("remote"):
@@ -329,7 +324,11 @@ class Ingest:
                 elif report.get("role") == "pool":
                     self.ledger.pool_report(report)
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                log.warning("ignoring a malformed stats message: %r", e)
+                self._malformed(e)
+
+    @staticmethod
+    def _malformed(e: Exception) -> None:
+        log.warning("ignoring a malformed stats message: %r", e)
 
     def listen_results(self, ctx: zmq.Context) -> None:
         """--emit-results: each worker result goes back, as a ``result`` event, to the
@@ -338,12 +337,12 @@ class Ingest:
         sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.PROCESSED, hwm=1000, to=self.to)
         handled = 0
         while True:
-            parts = sub.recv_multipart(copy=False)
             try:
-                header = wire.Header.unpack(parts[1].buffer)
+                result = bus.receive(sub, wire.Result.unpack, copy=False)
+                header = result.header
                 conn = self.numbered.get(header.session)
                 if conn is not None and conn.name == header.client:
-                    conn.emit("result", json.loads(parts[2].bytes))
+                    conn.emit("result", json.loads(bytes(result.payload)))
             except Exception as e:  # a bad message or a closing connection: skip it
                 if type(e) not in RESULT_ERRORS_LOGGED:
                     RESULT_ERRORS_LOGGED.add(type(e))
@@ -389,12 +388,12 @@ class Ingest:
             if self.dispatcher.router:
                 self.dispatcher.check()
             health = self.ledger.health()
-            self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
+            self.bus_pub.send_multipart(wire.Stats("ingest", {
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
                 "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
                 "dropped": {name: row["dropped"] for name, row in health["clients"].items()},
-                "serving": self.serving, "draining": self.draining}))
+                "serving": self.serving, "draining": self.draining}).pack())
             gevent.sleep(HEARTBEAT_INTERVAL)
 
     # -- HTTP --------------------------------------------------------------------------------

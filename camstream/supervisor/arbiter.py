@@ -421,15 +421,7 @@ class Supervisor:
 
     def read_heartbeats(self) -> None:
         by_pid = {s.proc.pid: s for s in self.slots if s.proc is not None}
-        while True:
-            try:
-                parts = self.beats.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                _, report = wire.unpack_json(parts)
-            except (ValueError, IndexError):
-                continue
+        for _, report in bus.drain(self.beats, wire.Stats.unpack):
             slot = by_pid.get(report.get("pid"))
             if slot is not None and report.get("host", proc.HOST) == proc.HOST:
                 slot.last_beat = time.monotonic()
@@ -513,13 +505,13 @@ class Supervisor:
     def publish_status(self) -> None:
         workers = [s for s in self.slots if s.role == "worker"]
         now = time.monotonic()
-        self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "supervisor", {
+        self.bus_pub.send_multipart(wire.Stats("supervisor", {
             "role": "supervisor", "pid": os.getpid(), "host": proc.HOST,
             "started": self.started, "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in workers if s.proc is not None and s.last_beat
                                  and now - s.last_beat < WORKER_STALE_S),
             "worker_restarts": sum(s.restarts for s in workers),
-            "ingest_restarts": self.slots[0].restarts}))
+            "ingest_restarts": self.slots[0].restarts}).pack())
 
 
 def plural(n: int, thing: str) -> str:

@@ -63,12 +63,12 @@ class Pool(Supervisor):
     def publish_status(self) -> None:
         """What every ingest node shows as its workers in /healthz."""
         now = time.monotonic()
-        self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "pool", {
+        self.bus_pub.send_multipart(wire.Stats("pool", {
             "role": "pool", "pid": os.getpid(), "host": proc.HOST,
             "workers_expected": self.worker_count(),
             "workers_alive": sum(1 for s in self.slots if s.proc is not None and s.last_beat
                                  and now - s.last_beat < WORKER_STALE_S),
-            "worker_restarts": sum(s.restarts for s in self.slots)}))
+            "worker_restarts": sum(s.restarts for s in self.slots)}).pack())
 
 
 class IngestNode(Supervisor):
