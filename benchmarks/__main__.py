@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="camstream under test: the last commit (default: a snapshot, so "
                         "edits during the run change nothing) or the working tree as it is")
     parser.add_argument("--patch", action="append", type=Path, metavar="DIFF",
-                        help="apply this diff (e.g. benchmarks/patches/*.diff) to the snapshot "
+                        help="apply this unified diff (paths a/camstream/...) to the snapshot "
                         "under test, never to the repository; repeatable")
     args = parser.parse_args(argv)
     names = args.only or DEFAULT
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             res["mode"] = "full" if args.full else "quick"
             res["machine"] = report.machine()
             res["source"] = {"tree": args.tree, "commit": SOURCE["commit"],
-                             "patches": SOURCE.get("patches", [])}
+                             "patches": SOURCE.get("patches", []),
+                             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
             write_json(name, res)
             results[name] = res
             print(f"== {name} done in {seconds[name]:.0f} s", file=sys.stderr, flush=True)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import psutil
 import requests
 import zmq
 
 from camstream import bus, wire
+from tests import helpers
+from tests.helpers import free_port, make_jpeg, wait_for  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -34,28 +33,13 @@ NODE = shutil.which("node") or "node"
 SIZES = {"160x120": (160, 120), "640x480": (640, 480), "1280x960": (1280, 960)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_jpeg(width: int, height: int, quality: int = 80) -> bytes:
-    """Blurred noise plus text: 640x480 at q80 is about 60 KB, like a camera frame."""
-    rng = np.random.default_rng(width * height)
-    img = cv2.GaussianBlur(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), (0, 0), 1.4)
-    cv2.putText(img, f"{width}x{height}", (10, height // 2), cv2.FONT_HERSHEY_SIMPLEX,
-                max(0.4, width / 640), (255, 255, 255), 2)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
 def frame_files(workdir: Path) -> dict[str, Path]:
     """Encode each test frame once; clients read the bytes from these files."""
     out = {}
     for name, (w, h) in SIZES.items():
         path = workdir / f"frame-{name}.jpg"
         if not path.exists():
-            path.write_bytes(make_jpeg(w, h))
+            path.write_bytes(make_jpeg(w, h, seed=w * h, label=name, sigma=1.4))
         out[name] = path
     return out
 
@@ -95,19 +79,6 @@ def env_with_pythonpath() -> dict:
                                                 else [])
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (requests.RequestException, ValueError, KeyError, psutil.Error):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -184,27 +155,30 @@ def unlimited_args() -> list[str]:
     return extra
 
 
-class Daemon(Server):
-    kind = "camstream serve"
+class Daemon(helpers.Daemon):
+    """The tests' ``camstream serve``, run from SOURCE, quiet, with the limits lifted; a health
+    check may take long under load, and stopping it kills whatever children it left."""
+
+    health_timeout = 30.0
 
     def __init__(self, workdir: Path, workers: int, *args: str, env: dict | None = None) -> None:
-        port = free_port()
-        self.runtime_dir = workdir / f"run-{port}"
-        self.workers = workers
-        argv = [PY, "-m", "camstream", "serve", "-i", "127.0.0.1", "-p", str(port),
-                "-w", str(workers), "--runtime-dir", str(self.runtime_dir),
-                "--log-level", "warning", *unlimited_args(), *args]
-        super().__init__(argv, port, workdir, "camstream", env)
+        super().__init__(workdir, "--log-level", "warning", *unlimited_args(), *args,
+                         workers=workers, env=env or env_with_pythonpath(), cwd=SOURCE["dir"])
         self._ingest: psutil.Process | None = None
 
-    def health(self) -> dict:
-        return requests.get(self.url + "/healthz", timeout=30).json()
+    def wait_ready(self, timeout: float = 60) -> dict:
+        return super().wait_ready(timeout)
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        def ready():
-            self.check_alive()
-            return self.health()["workers"]["alive"] >= self.workers
-        wait_for(ready, timeout, "the daemon to be ready")
+    def stop(self, timeout: float = 20) -> int:
+        leftovers = self.children()
+        code = super().stop(timeout)
+        for child in leftovers:
+            try:
+                if child.is_running():
+                    child.kill()
+            except psutil.Error:
+                pass
+        return code
 
     def ingest(self) -> psutil.Process:
         """The supervisor's child titled ``camstream: ingest``."""
@@ -214,7 +188,7 @@ class Daemon(Server):
                     if " ".join(p.cmdline()).strip() == "camstream: ingest":
                         return p
                 return None
-            self._ingest = wait_for(find, 20, "the ingest process")
+            self._ingest = wait_for(find, 20, what="the ingest process")
         return self._ingest
 
 
@@ -231,7 +205,7 @@ class Script(Server):
         def ready():
             self.check_alive()
             return requests.get(self.url + "/ping", timeout=2).status_code == 200
-        wait_for(ready, timeout, f"{self.kind} to answer")
+        wait_for(ready, timeout, what=f"{self.kind} to answer")
 
     def process(self) -> psutil.Process:
         return psutil.Process(self.proc.pid)

@@ -29,10 +29,9 @@ def main() -> int:
     parser.add_argument("--tree", default=str(ROOT), help="source tree to run the daemon from")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import free_port
-    from hostile_jpeg import declaring, repeated_scans
-    from streaming import Streamer
+    from tests.helpers import free_port
+    from tests.helpers.hostile_jpeg import declaring, repeated_scans
+    from tests.helpers.streaming import Streamer
 
     attacks = [repeated_scans(4096, 4096, 16680), repeated_scans(4000, 4000, 16680),
                declaring(8192, 8192)]

@@ -57,7 +57,7 @@ def bench_pipeline_remote(run: Run, keys: Path, window: float) -> dict:
                              f"tcp://127.0.0.1:{port}", "--curve-keys", str(keys),
                              "--log-level", "warning"], port, run.workdir, "remote-worker")
             try:
-                wait_for(lambda: d.health()["workers"].get("remote"), 30, "the remote worker")
+                wait_for(lambda: d.health()["workers"].get("remote"), 30, what="the remote worker")
                 out["1 local + 1 remote"] = saturate(run, d, tap, frame, window)
             finally:
                 remote.stop()
@@ -94,7 +94,7 @@ class _Nginx(Server):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         super().__init__([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
                          port, workdir, f"nginx-{tag}")
-        wait_for(lambda: requests.get(self.url + "/", timeout=2).ok, 20, "nginx to answer")
+        wait_for(lambda: requests.get(self.url + "/", timeout=2).ok, 20, what="nginx to answer")
 
 
 def bench_ingest_nodes(run: Run, keys: Path, window: float) -> dict:
@@ -131,7 +131,7 @@ def bench_ingest_nodes(run: Run, keys: Path, window: float) -> dict:
 
 def ngx_process(ngx: Server) -> psutil.Process:
     """nginx's worker (the master only accepts no traffic)."""
-    return wait_for(lambda: psutil.Process(ngx.proc.pid).children()[0], 10, "nginx's worker")
+    return wait_for(lambda: psutil.Process(ngx.proc.pid).children()[0], 10, what="nginx's worker")
 
 
 def bench_scaleout(run: Run) -> dict:

@@ -100,7 +100,7 @@ def run(args) -> dict:
                 reports = clients.collect()
             finally:
                 clients.kill()
-            final = wait_for(lambda: settled(d), LOST_AFTER * 4, "frames to settle")
+            final = wait_for(lambda: settled(d), LOST_AFTER * 4, what="frames to settle")
             log_tail = d.output()[-3000:]
         finally:
             d.stop()

@@ -68,7 +68,7 @@ def web_view(d: Daemon) -> psutil.Process:
             if " ".join(p.cmdline()).strip() == "camstream: web view":
                 return p
         return None
-    return wait_for(find, 20, "the web view process")
+    return wait_for(find, 20, what="the web view process")
 
 
 def window(d: Daemon, ingest: psutil.Process, view: psutil.Process, seconds: float,
@@ -88,7 +88,7 @@ def window(d: Daemon, ingest: psutil.Process, view: psutil.Process, seconds: flo
 
 
 def chromium_window(run: Run, d: Daemon, web: str, ingest, view, seconds: float) -> dict | None:
-    """One real headless Chromium on the page (tests/browser.py's flags), if installed."""
+    """One real headless Chromium on the page (tests/helpers/browser.py's flags), if installed."""
     import sys
     sys.path.insert(0, str(ROOT / "tests"))
     try:
@@ -124,7 +124,7 @@ def bench_webview(run: Run) -> dict:
     with Daemon(run.workdir, 1, "--web", f"127.0.0.1:{port}") as d:
         d.wait_ready()
         ingest, view = d.ingest(), web_view(d)
-        wait_for(lambda: requests.get(web + "/healthz", timeout=2).ok, 20, "the web view")
+        wait_for(lambda: requests.get(web + "/healthz", timeout=2).ok, 20, what="the web view")
         clients = Clients(d.url, run.workdir, specs, total)
         try:
             clients.wait_started()

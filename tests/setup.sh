@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real socket.io clients the tests drive (tests/js: socket.io-client 2.x, the
 # Android app's protocol revision, and 4.x) and the reference servers (npm socket.io 2.x and
-# 4.x, run beside camstream by tests/test_conformance.py) unless they are there already, with
+# 4.x, run beside camstream by tests/integration/test_conformance.py) unless they are there already, with
 # Node and npm from Debian's packages when they are missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive  # apt-get never asks (CI has no terminal)
@@ -28,7 +28,7 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-# The display tests (tests/test_display.py) open windows on a virtual screen: Xvfb, xdotool to
+# The display tests (tests/integration/test_display.py) open windows on a virtual screen: Xvfb, xdotool to
 # find windows by name, xwininfo (x11-utils), ImageMagick's import for screenshots.
 if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
         || ! command -v xwininfo >/dev/null || ! command -v import >/dev/null; then
@@ -40,7 +40,7 @@ if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
     fi
 fi
 
-# The scaling-out test (tests/test_scaleout.py) puts nginx from Debian's packages in front of
+# The scaling-out test (tests/integration/test_scaleout.py) puts nginx from Debian's packages in front of
 # two ingest nodes; it starts its own nginx on loopback (never the system's service).
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -51,7 +51,7 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     fi
 fi
 
-# The README's examples (tests/test_readme.py) pipe camstream's JSON lines into jq.
+# The README's examples (tests/integration/test_readme.py) pipe camstream's JSON lines into jq.
 if ! command -v jq >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && apt-get install -y -qq jq
@@ -61,7 +61,7 @@ if ! command -v jq >/dev/null; then
     fi
 fi
 
-# The browser tests (tests/test_webview.py, tests/test_camera.py) drive Debian's chromium in
+# The browser tests (tests/integration/test_webview.py, tests/integration/test_camera.py) drive Debian's chromium in
 # headless mode through Debian's chromium-driver (selenium comes from the test extras).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -72,7 +72,7 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 
-# The real-systemd test (tests/test_systemd_real.py) builds a minimal Debian with debootstrap
+# The real-systemd test (tests/integration/test_systemd_real.py) builds a minimal Debian with debootstrap
 # (cached in /var/cache/camstream-tests) and boots it with systemd-nspawn (systemd-container).
 if ! command -v debootstrap >/dev/null && [ ! -x /usr/sbin/debootstrap ] \
         || ! command -v systemd-nspawn >/dev/null; then

@@ -551,7 +551,7 @@ def refuse_handshakes_while(draining, app):
     """While ingest drains (SIGTERM), a new session is refused with ``503`` (and the HTTP
     connection closed: :class:`Handler`). New TCP connections are already refused (the
     listening socket is closed); this is for a client whose keep-alive connection is still
-    open. Every socket.io client retries after a 503 (tests/test_conformance.py); a Socket.IO
+    open. Every socket.io client retries after a 503 (tests/integration/test_conformance.py); a Socket.IO
     connect error would tell JS 4.x to give up."""
     def middleware(environ, start_response):
         if draining() and environ.get("PATH_INFO", "").startswith("/socket.io") and \

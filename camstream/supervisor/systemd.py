@@ -1,7 +1,7 @@
 """Running under systemd: ``camstream systemd`` (the recipe that installs the service) and
 ``camstream reload PID`` (what the unit's ExecReload runs).
 
-The recipe is printed with the paths of this copy, and tests/test_systemd_real.py follows it
+The recipe is printed with the paths of this copy, and tests/integration/test_systemd_real.py follows it
 line by line in a container under a real systemd, so what it says is what was run.
 """
 from __future__ import annotations

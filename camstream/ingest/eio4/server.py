@@ -3,9 +3,9 @@
 
 Hardened: whatever a client sends that they cannot decode is a protocol error of that one
 connection (one log line, the connection closed), never a traceback, a hung request or a
-session left to its ping timeout (found by the fuzz tests, tests/test_fuzz.py).
+session left to its ping timeout (found by the fuzz tests, tests/integration/test_fuzz.py).
 
-Conformance (tests/test_conformance.py compares each point with the reference server): the
+Conformance (tests/integration/test_conformance.py compares each point with the reference server): the
 handshake announces the heartbeat in exact milliseconds and the ping timeout is enforced on
 time; a request without a known transport or with an unsupported method is a 400; a second
 long poll at once closes the session; a client's close over polling releases its pending poll
@@ -15,7 +15,7 @@ Engine.IO close packet (:meth:`EngineIOServer.drop_all`: python-socketio's clien
 "sent away" and never reconnects).
 
 Each override says which library method it replaces and why; none of these has a public
-extension point, so tests/test_conformance.py fails when the libraries change under them
+extension point, so tests/integration/test_conformance.py fails when the libraries change under them
 (setup.cfg bounds the versions).
 """
 from __future__ import annotations
