@@ -572,6 +572,12 @@ def bench_webview(run: Run) -> dict:
     return bench(run)
 
 
+def bench_peers(run: Run) -> dict:
+    """benchmarks/peers.py: against Node's socket.io and python-socketio (imported when run)."""
+    from benchmarks.peers import bench_peers as bench
+    return bench(run)
+
+
 BENCHMARKS = {
     "ingest": bench_ingest,
     "flood": bench_flood,
@@ -582,4 +588,5 @@ BENCHMARKS = {
     "scaleout": bench_scaleout,
     "routing": bench_routing,
     "webview": bench_webview,
+    "peers": bench_peers,
 }

@@ -1,4 +1,5 @@
-"""The reference client (``camstream send``), ``camstream status`` and ``camstream demo``.
+"""The reference client (``camstream send``) and ``camstream status`` (which ``camstream
+demo`` runs against a daemon of its own).
 
 ``send`` behaves like a phone: it logs in (connect-time ``auth``, or with ``--legacy`` the
 prototype's ``authenticate`` event), then streams JPEG frames, either as ``frame`` with an
@@ -12,10 +13,7 @@ import contextlib
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -474,65 +472,3 @@ def print_status(url: str, as_json: bool = False, verify: bool | str = True,
     else:
         print(format_health(health))
     return 0
-
-
-# -- demo ---------------------------------------------------------------------------------------
-
-def demo(args: argparse.Namespace) -> int:
-    """serve on 127.0.0.1 + send synthetic frames + status: a first look without a phone."""
-    from camstream.cli import build_parser
-    from camstream.proc import python_module
-
-    url = f"http://127.0.0.1:{args.port}"
-    # send's options come from send's own parser, so they cannot drift from it
-    send_args = build_parser().parse_args(
-        ["send", url, "-u", "demo", "--fps", repr(args.fps),
-         "--count", str(int(args.seconds * args.fps))])
-    sent = 1
-    with tempfile.TemporaryDirectory(prefix="camstream-demo-") as rundir:
-        serve = subprocess.Popen(python_module(
-            "camstream", "serve", "-i", "127.0.0.1", "-p", str(args.port),
-            "-w", str(args.workers), "--runtime-dir", rundir))
-        try:
-            if not wait_ready(url, serve, args.workers, timeout=60):
-                print("camstream demo: the daemon did not start (see the lines above)",
-                      file=sys.stderr)
-                return 1
-            print(f"camstream demo: daemon ready on {url}; streaming synthetic 640x480 frames "
-                  f"at {args.fps:g} fps" + (f" for {args.seconds:g} s" if args.seconds else
-                                            " until Ctrl-C"), file=sys.stderr)
-            sent = send(send_args, "")
-            time.sleep(1.5)  # processed counts arrive twice a second
-            print_status(url)
-            row = (client_counts(url, "demo", True) or {}) if not sent else {}
-            if row.get("processed"):
-                print(f"camstream demo: {row['processed']} of {row['received']} frames "
-                      "processed. Next: 'camstream serve' on the lab machine, and the app "
-                      "pointed at it (README: Connect the Android app)", file=sys.stderr)
-            elif not sent:
-                print("camstream demo: no frame was processed (see the lines above)",
-                      file=sys.stderr)
-                sent = 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
-    return 1 if sent or serve.returncode else 0
-
-
-def wait_ready(url: str, serve: subprocess.Popen, workers: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and serve.poll() is None:
-        try:
-            if fetch_health(url, timeout=1)["workers"]["alive"] >= workers:
-                return True
-        except (requests.RequestException, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    return False
-

@@ -111,7 +111,7 @@ def generate(folder: str, extra: list[str], force: bool = False) -> tuple[Path, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from camstream.cli import CliError
+    from camstream.cli.args import CliError
     try:
         cert, key, covered = generate(args.dir, args.host, args.force)
     except FileExistsError as e:

@@ -71,7 +71,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
         if item.get_closest_marker("serial") and os.environ.get("PYTEST_XDIST_WORKER"):
             own = item.get_closest_marker("timeout")
-            limit = own.args[0] if own and own.args else float(config.getini("timeout"))
+            limit = (own.args[0] if own and own.args else
+                     own.kwargs.get("timeout") if own and "timeout" in own.kwargs else
+                     float(config.getini("timeout")))
             item.add_marker(pytest.mark.timeout(limit + SERIAL_WAIT))
 
 

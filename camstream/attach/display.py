@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camstream.attach import subscribe
-from camstream.cli import (CliError, add_runtime_dir, positive_float, require_opencv,
-                           runtime_dir_of)
+from camstream.cli.args import (CliError, add_log_level, add_runtime_dir, positive_float,
+                                require_opencv, runtime_dir_of)
 from camstream.attach.subscribe import Frame, StreamRate, Subscription
 from camstream.names import safe
 
@@ -47,7 +47,7 @@ SNAPSHOT_EVERY = 1.0    # seconds between snapshot writes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``display`` verb's flags (registered by camstream.cli)."""
+    """The ``display`` verb's own flags (camstream.cli.display adds the web view's)."""
     add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME",
                         help="show only this client's stream (default: every client)")
@@ -64,21 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
                         help="exit when process PID exits (used by 'camstream serve -d')")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="log verbosity (default: %(default)s)")
-    from camstream.attach import webview
-    webview.add_arguments(parser)
+    add_log_level(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the edges (a daemon, a screen), then show frames until detached."""
     from camstream import proc
 
-    args.runtime_dir = runtime_dir_of(args)  # both views find the daemon by its port
-    if args.web:  # the browser view: the same bus, served over HTTP (camstream.attach.webview)
-        from camstream.attach import webview
-        return webview.run(args)
+    args.runtime_dir = runtime_dir_of(args)
     if args.client is not None:
         from camstream.users import UsersError, check_name
         try:

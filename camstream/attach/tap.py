@@ -15,9 +15,10 @@ import json
 import sys
 from pathlib import Path
 
+from camstream.cli.args import add_runtime_dir, runtime_dir_of
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from camstream.cli import add_runtime_dir
     add_runtime_dir(parser, port=True)
     parser.add_argument("--client", metavar="NAME", action="append", default=[],
                         help="only this client's results (repeat for more; default: all)")
@@ -38,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from camstream import bus
     from camstream.attach.subscribe import Subscription
 
-    from camstream.cli import runtime_dir_of
     args.runtime_dir = runtime_dir_of(args)
     if not (Path(args.runtime_dir) / bus.BUS_OUT).exists():
         print(f"camstream tap: no daemon in {args.runtime_dir} yet; waiting for one "

@@ -39,6 +39,7 @@ from importlib import resources
 from camstream import bus, wire
 from camstream.ingest.limits import ConnectionCount, LoginThrottle
 from camstream.attach.subscribe import Frame, StreamRate, Subscription
+from camstream.cli.args import CliError, add_tls_files, add_users_file, check_tls_files
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.webview")
@@ -552,25 +553,22 @@ class WebServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The web view's flags, on the ``display`` verb."""
-    from camstream.config import default_users_file
     parser.add_argument("--web", metavar="[HOST:]PORT",
                         help="no windows: serve the live view to browsers at "
                         "http://HOST:PORT/ (HOST defaults to 0.0.0.0, as serve -i)")
     parser.add_argument("-a", "--auth", action="store_true",
                         help="with --web: viewers log in with a user of the users file")
-    parser.add_argument("--users", metavar="FILE", default=default_users_file(),
-                        help="with --web -a: the users file (default: %(default)s)")
-    parser.add_argument("--certfile", metavar="FILE",
-                        help="with --web: serve https with this certificate (PEM)")
-    parser.add_argument("--keyfile", metavar="FILE", help="the certificate's private key")
+    add_users_file(parser, "with --web -a: the users file (default: %(default)s)")
+    add_tls_files(parser, "with --web: serve https with this certificate (PEM)",
+                  "the certificate's private key")
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # from serve --web
 
 
 def run(args: argparse.Namespace) -> int:
     """Check everything at the edge (one line each), then serve until SIGTERM or Ctrl-C."""
     from camstream import proc
-    from camstream.cli import CliError, listen
     from camstream.attach.display import check_daemon
+    from camstream.supervisor.runtime import listen, load_tls
 
     if args.snapshot:
         raise CliError("--web and --snapshot are two different displays: run one of each")
@@ -592,15 +590,8 @@ def run(args: argparse.Namespace) -> int:
         if not len(logins.users):
             raise CliError(f"--auth: the users file {args.users} has no users (add one with: "
                            f"camstream users add NAME --users {args.users})")
-    tls = None
-    if bool(args.certfile) != bool(args.keyfile):
-        raise CliError("--certfile and --keyfile go together")
-    if args.certfile:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            tls.load_cert_chain(args.certfile, args.keyfile)
-        except (OSError, ssl.SSLError) as e:
-            raise CliError(f"--certfile/--keyfile: cannot load them: {e}") from None
+    check_tls_files(args.certfile, args.keyfile)
+    tls = load_tls(args.certfile, args.keyfile) if args.certfile else None
     if args.listen_fd is None:
         check_daemon(args.runtime_dir)
         sock = listen(host, port)

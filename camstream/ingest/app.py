@@ -4,20 +4,18 @@ Speaks socket.io to the clients, authenticates them, stamps each frame with a he
 it to the dispatcher, which never blocks a handler. It never decodes a frame. It also serves
 ``/healthz`` and ``/metrics`` on the same port, from counters the workers report on the bus.
 
-Handlers run inline in each connection's reading greenlet (``async_handlers=False``): a
-greenlet per event would let a flooding client queue without bound. Each frame handler ends by
-yielding, because a gevent socket read does not yield while data is waiting, so a fast client
-would otherwise keep the loop to itself.
+Handlers (camstream.ingest.handlers) run inline in each connection's reading greenlet
+(``async_handlers=False``): a greenlet per event would let a flooding client queue without
+bound. Each transport yields after each event it handles, because a gevent socket read does
+not yield while data is waiting, so a fast client would otherwise keep the loop to itself.
 """
 from __future__ import annotations
 
 import base64
 import hmac
 import ipaddress
-import itertools
 import json
 import logging
-import math
 import os
 import resource
 import signal
@@ -36,81 +34,41 @@ import zmq.green as zmq
 
 from camstream import bus, proc, wire
 from camstream.ingest import camerapage, httpguard, wsfast
-from camstream.ingest.eio3 import session as legacy
+from camstream.ingest.eio3 import transport as legacy
 from camstream.ingest.eio4 import server as sioserver
 from camstream.config import Config
 from camstream.ingest.dispatch import Dispatcher
-from camstream.ingest.limits import (
-    ConnectionCount,
-    FrameRate,
-    IncompleteEvents,
-    LoginThrottle,
-    transport_cap,
-)
+from camstream.ingest.handlers import UNHANDLED, Conn, Handlers
+from camstream.ingest.limits import ConnectionCount
 from camstream.ingest.routing import Router
 from camstream.rundir import RuntimeDirError
-from camstream.ingest.ledger import UNAUTHENTICATED, ClientCounts, Ledger, LedgerCollector
+from camstream.ingest.ledger import Ledger, LedgerCollector
 from camstream.users import Users, UsersError, check_name
 
 log = logging.getLogger("camstream.ingest")
 
 HEARTBEAT_INTERVAL = 0.5
-DEFAULT_REPLY_EVENT = "onAuthentication"
 RESULT_ERRORS_LOGGED: set[type] = set()  # --emit-results: kinds of failure logged once
 
 
-class Conn:
-    """One client connection, whichever protocol revision it speaks.
-
-    ``sid`` is the transport's session id: with long polling, it is the connection's only
-    credential, so it never leaves ingest (not in a log line at INFO, not on the bus).
-    ``number`` names the connection everywhere else."""
-
-    __slots__ = ("sid", "number", "address", "name", "counts", "emit", "disconnect", "logged",
-                 "rate")
-
-    def __init__(self, sid: str, address: str, emit, disconnect) -> None:
-        self.sid = sid
-        self.number = "?"  # given by Ingest.connect
-        self.address = address
-        self.name: str | None = None
-        self.counts: ClientCounts | None = None
-        self.emit = emit              # emit(event, *args) to this client only
-        self.disconnect = disconnect  # disconnect() this client
-        self.logged: set[str] = set()
-        self.rate: FrameRate | None = None
-
-    @property
-    def label(self) -> str:
-        """How log lines name the connection."""
-        return f"connection {self.number} from {self.address}"
+def run_in_threadpool(fn, *args):
+    """A CPU-heavy call (a password hash) in the hub's thread pool: other connections go on."""
+    return gevent.get_hub().threadpool.apply(fn, args)
 
 
-class Ingest:
-    """The event handlers, protocol-agnostic: both socket.io revisions call these."""
+class Ingest(Handlers):
+    """The handlers (camstream.ingest.handlers) on gevent and ZeroMQ: the frame pipeline, the
+    event bus, the heartbeat and the HTTP endpoints."""
 
     def __init__(self, config: Config, users: Users, ctx: zmq.Context,
                  restarted: bool = False) -> None:
-        self.config = config
-        self.users = users
-        self.ledger = Ledger(restarted)
-        self.ledger.own_clients_only = config.ingest_only
-        self.ledger.forget_after = config.forget_after
+        ledger = Ledger(restarted)
+        ledger.own_clients_only = config.ingest_only
+        ledger.forget_after = config.forget_after
         if not config.ingest_only:  # the pool's count comes with its first report
-            self.ledger.workers_configured = config.workers
-        self.unauthenticated = self.ledger.client(UNAUTHENTICATED)
-        self.conns: dict[str, Conn] = {}
-        self.numbered: dict[str, Conn] = {}  # the same, by connection number
-        self.numbers = itertools.count(1)
-        self.connections = ConnectionCount(config.max_connections_per_ip)
-        self.ledger.connection_limits.append(self.connections)  # refusals in /healthz
-        self.throttle = LoginThrottle()
+            ledger.workers_configured = config.workers
         self.on_heartbeat: list = []  # what else runs twice a second
-        self.incomplete = IncompleteEvents(transport_cap(config.max_frame_bytes),
-                                           config.max_incomplete_bytes,
-                                           config.incomplete_timeout)
         self.serving = False
-        self.draining = False
         # tcp (scaling out): frames offered to remote workers, or sent to a pool's streamer
         offer, self.to = bus.offered(config), bus.reached(config)
         self.binds = bus.IpcBinds()  # checked by the heartbeat: a removed file is bound again
@@ -118,7 +76,7 @@ class Ingest:
         if config.route == "client":  # one pipeline per local worker (camstream.ingest.routing)
             self.frames_push = None
             router = Router(expected=config.workers)
-            self.ledger.owners = router.owner  # shown in /healthz
+            ledger.owners = router.owner  # shown in /healthz
         else:
             self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
                                                offer=offer, to=self.to, binds=self.binds)
@@ -132,178 +90,18 @@ class Ingest:
         self.stats_sub = bus.bus_sub(plain, config.runtime_dir, wire.STATS, hwm=10000,
                                      to=self.to, local=config.ingest_only)
         if config.ingest_only:
-            self.ledger.pool_endpoint = config.worker_endpoint
+            ledger.pool_endpoint = config.worker_endpoint
         self.pool_was_missing = False
         self.dispatcher = Dispatcher(
             self.frames_push, self.bus_pub, config.queue_depth, router=router,
             worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm,
                                                   self.binds))
+        super().__init__(config, users, ledger, self.dispatcher, self.bus_pub.send_multipart,
+                         later=gevent.spawn_later, blocking=run_in_threadpool, pause=gevent.sleep)
         self.registry = prometheus_client.CollectorRegistry()
         self.registry.register(LedgerCollector(self.ledger))
         self.anonymous_registry = prometheus_client.CollectorRegistry()  # no client names
         self.anonymous_registry.register(LedgerCollector(self.ledger, names=False))
-
-    # -- connections -------------------------------------------------------------------------
-
-    def connect(self, conn: Conn) -> bool:
-        """Admit a connection, unless its address holds too many already (or we are stopping)."""
-        if self.draining:
-            return False
-        if not self.connections.acquire(conn.address):
-            if self.connections.first_refusal(conn.address):  # once per address, not per try
-                log.warning("refusing connections from %s: it has %d open "
-                            "(--max-connections-per-ip)", conn.address, self.connections.limit)
-            return False
-        conn.number = str(next(self.numbers))
-        self.conns[conn.sid] = conn
-        self.numbered[conn.number] = conn
-        log.info("%s", conn.label)
-        log.debug("connection %s is transport session %s", conn.number, conn.sid)
-        return True
-
-    def disconnect(self, conn: Conn, reason: str = "") -> None:
-        if self.conns.pop(conn.sid, None) is None:
-            return
-        self.numbered.pop(conn.number, None)
-        self.connections.release(conn.address)
-        if conn.name:
-            self._leave(conn)
-        log.info("%s closed%s", conn.label, f" ({reason})" if reason else "")
-
-    def login(self, conn: Conn, username, password) -> bool:
-        """Check credentials (any, without --auth) and attach the connection to its stream."""
-        try:
-            name = check_name(username)
-        except UsersError as e:
-            log.warning("login refused from %s: %s", conn.address, e)
-            return False
-        if self.config.auth and not self.check_password(conn.address, name, password):
-            return False
-        if conn.sid not in self.conns:  # it left while the password was being checked
-            return False
-        if conn.name:
-            self._leave(conn)
-        conn.name = name
-        conn.counts = self.ledger.client(name)
-        conn.rate = FrameRate(self.config.max_fps)
-        self.ledger.joined(name)
-        self.dispatcher.open(conn.number, name, conn.counts)
-        self.bus_pub.send_multipart(wire.Event(name, "join").pack())
-        log.info("%s logged in as %r", conn.label, name)
-        return True
-
-    def login_wait(self, address: str, username) -> float:
-        """Seconds before a login from ``address`` as ``username`` is checked again (0 without
-        --auth, where nothing is throttled)."""
-        if not self.config.auth:
-            return 0.0
-        return math.ceil(self.throttle.wait(address, str(username)) * 10) / 10
-
-    def check_password(self, address: str, name: str, password) -> bool:
-        """The users file's verdict, through the login throttle (camstream.ingest.limits): the
-        attempt is counted before the password is hashed (in the hub's thread pool)."""
-        refused, slow = self.throttle.begin(address, name)
-        if refused:
-            self.ledger.limit_hits["login_throttled"] += 1
-            log.warning("login refused for user %r from %s: too many failed logins, "
-                        "next try in %.1f s", name, address, refused)
-            return False
-        ok = False
-        try:
-            if slow:
-                gevent.sleep(slow)  # failures for this name from anywhere: slowed, not refused
-            ok = gevent.get_hub().threadpool.apply(self.users.verify, (name, password))
-        finally:
-            self.throttle.end(address, name, ok)
-        if not ok:
-            log.warning("login failed for user %r from %s", name, address)
-        return ok
-
-    def _leave(self, conn: Conn) -> None:
-        self.dispatcher.close(conn.number)
-        left = self.ledger.left(conn.name)
-        if not left:
-            self.bus_pub.send_multipart(wire.Event(conn.name, "leave").pack())
-        conn.name = None
-
-    # -- events ------------------------------------------------------------------------------
-
-    def on_authenticate(self, conn: Conn, args: tuple) -> bool:
-        """The prototype's ``authenticate(username, password, replyEvent)``: reply to that
-        client only; on failure disconnect it shortly after the reply."""
-        if len(args) not in (2, 3):
-            self._log_once(conn, "auth-args", "authenticate needs (username, password, "
-                           "replyEvent), got %d arguments", len(args))
-            return False
-        reply = args[2] if len(args) == 3 and isinstance(args[2], str) else DEFAULT_REPLY_EVENT
-        ok = self.login(conn, args[0], args[1])
-        conn.emit(reply, ok)
-        if not ok:
-            gevent.spawn_later(0.5, conn.disconnect)
-        return ok
-
-    def on_frame(self, conn: Conn, args: tuple) -> dict:
-        """``frame(meta, jpeg)`` with an ack, or the prototype's ``receiveImage(jpeg)``."""
-        counts = conn.counts or self.unauthenticated
-        counts.received += 1
-        seq = counts.received
-        try:
-            reason = self._check(conn, args)
-            if reason:
-                counts.refuse(reason)
-                self._log_once(conn, reason, "refusing frames from %s: %s",
-                               conn.name or conn.address, reason)
-                return {"accepted": False, "seq": seq, "reason": reason}
-            jpeg = args[-1]
-            header = wire.Header(conn.name, conn.number, seq, time.time_ns(), len(jpeg)).pack()
-            self.dispatcher.offer(conn.number, header, jpeg, seq)
-            return {"accepted": True, "seq": seq, "dropped": counts.dropped}
-        finally:
-            gevent.sleep(0)
-
-    def _check(self, conn: Conn, args: tuple) -> str:
-        if conn.name is None:
-            return "unauthenticated"
-        if self.draining:
-            return "shutting down"
-        if not args or len(args) > 2 or (len(args) == 2 and not isinstance(args[0], dict)):
-            return "malformed: expected frame(meta: object, jpeg: bytes) or receiveImage(jpeg)"
-        jpeg = args[-1]
-        if not isinstance(jpeg, (bytes, bytearray)):
-            return f"not bytes: the frame arrived as {type(jpeg).__name__}"
-        if not jpeg:
-            return "empty frame"
-        if len(jpeg) > self.config.max_frame_bytes:
-            return "too large"
-        if not conn.rate.allow():
-            return "rate limited"
-        return ""
-
-    def on_unknown(self, conn: Conn, event: str) -> None:
-        self._log_once(conn, f"event {event}", "ignoring unknown event %r from %s", event,
-                       conn.name or conn.address)
-
-    def _log_once(self, conn: Conn, kind: str, msg: str, *args) -> None:
-        if kind not in conn.logged and len(conn.logged) < 32:
-            conn.logged.add(kind)
-            log.warning(msg, *args)
-
-    # -- users -------------------------------------------------------------------------------
-
-    def reload_users(self) -> None:
-        """SIGHUP: read the users file again; disconnect the users who were removed."""
-        try:
-            users = Users.load(self.config.users_file, missing_ok=not self.config.auth)
-        except UsersError as e:
-            log.error("users not reloaded: %s", e)
-            return
-        self.users = users
-        log.info("users reloaded from %s: %d users", self.config.users_file, len(users))
-        if self.config.auth:
-            for conn in list(self.conns.values()):
-                if conn.name and conn.name not in users:
-                    log.info("disconnecting %r: no longer a user", conn.name)
-                    conn.disconnect()
 
     # -- background greenlets ----------------------------------------------------------------
 
@@ -479,6 +277,11 @@ def limit_websockets(app, limit: int, ledger: Ledger | None = None):
     return middleware
 
 
+# what an event of the table is answered when its connection is unknown to ingest
+NOT_CONNECTED = {"authenticate": False,
+                 "frame": {"accepted": False, "seq": 0, "reason": "not connected"}}
+
+
 def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
     """The current protocol (Engine.IO 4 / Socket.IO 5), served by python-socketio."""
     sio = sioserver.Server(
@@ -486,7 +289,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         ping_interval=config.ping_interval, ping_timeout=config.ping_timeout,
         # refuse an oversize frame politely up to 1.5x the limit (base64 over polling adds a
         # third); only beyond that does the transport drop the connection
-        max_http_buffer_size=transport_cap(config.max_frame_bytes),
+        max_http_buffer_size=ingest.max_message,
         serializer=sioserver.BoundedPacket, logger=False, engineio_logger=False)
     sio.incomplete = ingest.incomplete  # bytes held for events awaiting attachments
     sio.hits = ingest.ledger.limit_hits
@@ -517,23 +320,22 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
         if conn is not None:
             ingest.disconnect(conn, str(reason or ""))
 
-    @sio.on("authenticate")
-    def authenticate(sid, *args):
-        conn = ingest.conns.get(sid)
-        return ingest.on_authenticate(conn, args) if conn else False
+    def on(event: str):
+        """python-socketio's handler for one event of the table: it runs the handler, then
+        yields (after a refused frame too)."""
+        def handler(sid, *args):
+            conn = ingest.conns.get(sid)
+            try:
+                if conn is None:  # not (or no longer) connected
+                    return NOT_CONNECTED.get(event)
+                result = ingest.on_event(conn, event, args)
+                return None if result is UNHANDLED else result
+            finally:
+                gevent.sleep(0)
+        return handler
 
-    @sio.on("receiveImage")
-    def receive_image(sid, *args):
-        conn = ingest.conns.get(sid)
-        if conn:
-            ingest.on_frame(conn, args)
-
-    @sio.on("frame")
-    def frame(sid, *args):
-        conn = ingest.conns.get(sid)
-        if conn:
-            return ingest.on_frame(conn, args)
-        return {"accepted": False, "seq": 0, "reason": "not connected"}
+    for event in ingest.events:
+        sio.on(event, on(event))
 
     @sio.on("*")
     def unknown(event, sid, *args):
@@ -639,7 +441,7 @@ def main() -> int:
     ctx = zmq.Context()
     ingest = Ingest(config, users, ctx, restarted=int(sys.argv[3]) > 0)
     # websocket messages bounded before their payload is read (counted in /healthz limits)
-    wsfast.install(transport_cap(config.max_frame_bytes), ingest.ledger.limit_hits)
+    wsfast.install(ingest.max_message, ingest.ledger.limit_hits)
     sio = socketio_server(ingest, config)
     old = legacy.wrap(socketio.WSGIApp(sio, ingest.http_app), ingest, config)
     app = limit_websockets(old, config.max_connections_per_ip, ingest.ledger)

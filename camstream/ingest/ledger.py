@@ -20,9 +20,11 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from camstream.liveness import ALIVE_S
+
 UNAUTHENTICATED = "(unauthenticated)"
-WORKER_STALE_S = 3.0  # a worker silent this long is not counted as alive
-POOL_STALE_S = 3.0    # --ingest-only: the pool silent this long is missing
+WORKER_STALE_S = ALIVE_S  # a worker silent this long is not counted as alive
+POOL_STALE_S = ALIVE_S    # --ingest-only: the pool silent this long is missing
 RESTARTED_RECENTLY_S = 60.0  # an ingest this young, replacing one that died: degraded
 LOST_AFTER = 5.0      # seconds after dispatch by which a frame is processed, or lost
 MAX_IDLE_NAMES = 1000  # names without a connection kept in /healthz at most

@@ -136,3 +136,15 @@ class AsyncStreamer:
     def stop(self) -> None:
         self._stopping = True
         self.thread.join(timeout=10)
+
+
+def send_frames(sio: socketio.Client, frames: list[bytes], fps: float | None = None,
+                timeout: float = 10) -> list[dict]:
+    """Each frame as a ``frame`` event (header ``{"n": index}``) waiting for its ack, paced at
+    ``fps`` when given; the acks in order."""
+    acks = []
+    for n, jpeg in enumerate(frames):
+        acks.append(sio.call("frame", ({"n": n}, jpeg), timeout=timeout))
+        if fps:
+            time.sleep(1 / fps)
+    return acks

@@ -121,6 +121,7 @@ def test_the_page_reconnects_after_a_restart_and_logs_in_again(https_daemon, bro
         second.shutdown()
 
 
+@pytest.mark.serial
 def test_a_page_whose_daemon_is_gone_keeps_trying_without_a_flood(https_daemon,
                                                                   browsers):  # noqa: F811
     """The daemon stops for good: the page tries again and again, but no more often than the

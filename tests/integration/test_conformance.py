@@ -29,7 +29,7 @@ from tests.helpers.jsclient import JS_DIR, jpeg_file, js  # noqa: F401 (fixtures
 from tests.helpers.rawclient import CLOSED, PROBE_ID, TIMEOUT, RawWS
 from tests.helpers.streaming import AsyncStreamer, Streamer
 
-from camstream.ingest.eio3 import session as legacy
+from camstream.ingest.eio3 import codec as legacy
 
 SERVER_JS = JS_DIR / "server.js"
 

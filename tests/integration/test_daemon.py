@@ -9,17 +9,16 @@ import psutil
 import pytest
 
 from tests.helpers import make_jpeg, proc_title, wait_for
+from tests.helpers.streaming import send_frames
 
 
 def stream(sio, frames: list[bytes], event: str = "frame") -> list[dict]:
-    acks = []
-    for n, jpeg in enumerate(frames):
-        if event == "frame":
-            acks.append(sio.call("frame", ({"n": n}, jpeg), timeout=10))
-        else:
-            sio.emit(event, jpeg)
-            time.sleep(0.005)
-    return acks
+    if event == "frame":
+        return send_frames(sio, frames)
+    for jpeg in frames:  # the app's events have no ack
+        sio.emit(event, jpeg)
+        time.sleep(0.005)
+    return []
 
 
 def test_frames_flow_through_the_pool(daemons, clients):
@@ -75,6 +74,7 @@ def test_killed_worker_is_restarted_while_ingest_accepts(daemons, clients):
     assert "worker 1" in d.output() and "SIGKILL" in d.output()
 
 
+@pytest.mark.serial
 def test_sigterm_stops_everything_within_the_bound(daemons, clients):
     d = daemons("--stop-timeout", "5", workers=2)
     sio = clients(d.url, "dave")

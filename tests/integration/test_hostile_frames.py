@@ -16,7 +16,7 @@ from tests.helpers import ROOT, free_port, make_jpeg, wait_for
 from tests.helpers.hostile_jpeg import declaring, repeated_scans
 from tests.helpers.streaming import Streamer
 
-from camstream.cli import pixels_arg
+from camstream.cli.args import pixels_arg
 from workers import jpeg
 
 

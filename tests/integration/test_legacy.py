@@ -180,7 +180,7 @@ class InProcessServer:
         from gevent.pywsgi import WSGIServer
         from geventwebsocket.handler import WebSocketHandler
 
-        from camstream.ingest.eio3 import session as legacy
+        from camstream.ingest.eio3 import transport as legacy
         from camstream.config import Config
         from camstream.ingest.app import Ingest, socketio_server
         from camstream.users import Users

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ROOT, Daemon, free_port, wait_for
 from test_security import make_cert
 
 
@@ -28,6 +28,21 @@ def one_line(r: subprocess.CompletedProcess, code: int = 2) -> str:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def plain_daemon(tmp_path_factory):
+    """One ``serve -w 1`` for the tests that only send as a client name of their own and read
+    its row: started once, not once per test (its tests share an xdist group)."""
+    d = Daemon(tmp_path_factory.mktemp("plain"), workers=1)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.shutdown()
+
+
+PLAIN = pytest.mark.xdist_group("test_mistakes-plain")
 
 
 @pytest.fixture
@@ -73,8 +88,9 @@ def test_send_source_that_gives_no_frames(tmp_path, listener, make, says):
     assert accepted == [], "send connected before it checked its source"
 
 
-def test_send_and_status_take_host_and_port(daemons):
-    d = daemons(workers=1)
+@PLAIN
+def test_send_and_status_take_host_and_port(plain_daemon):
+    d = plain_daemon
     host_port = d.url.removeprefix("http://")
     r = camstream("send", host_port, "-u", "noscheme", "--count", "3", "--fps", "20")
     assert r.returncode == 0 and "accepted 3" in r.stderr, r.stderr
@@ -137,8 +153,9 @@ def test_users_add_without_a_terminal(tmp_path):
 
 # -- what a user is told matches what happened ------------------------------------------------
 
-def test_send_results_from_a_daemon_that_sends_none(daemons):
-    d = daemons(workers=1)
+@PLAIN
+def test_send_results_from_a_daemon_that_sends_none(plain_daemon):
+    d = plain_daemon
     r = camstream("send", d.url, "-u", "hopeful", "--results", "--count", "40", "--fps", "10")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("no results come back: the daemon sends them only when it runs "

@@ -21,6 +21,7 @@ from camstream import bus, wire
 from camstream.client import folder_frames
 from camstream.wire import Header
 from tests.helpers import ROOT, make_jpeg, wait_for
+from tests.helpers.streaming import send_frames
 from workers import builtin, processors
 
 HEADER = Header("alice", "sid", 1, time.time_ns(), 0)
@@ -133,7 +134,7 @@ def attach(tap: Tap, sio, client: str) -> int:
 
 
 def send(sio, frames: list[bytes]) -> list[dict]:
-    acks = [sio.call("frame", ({"n": n}, f), timeout=10) for n, f in enumerate(frames)]
+    acks = send_frames(sio, frames)
     assert all(a["accepted"] for a in acks), acks
     return acks
 

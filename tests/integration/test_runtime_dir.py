@@ -47,9 +47,10 @@ def serve_as(users, user: str, port: int) -> subprocess.CompletedProcess:
                         preload=SERVE_MODULES)
 
 
-SERVE_MODULES = ("camstream.cli", "camstream.bus", "camstream.rundir", "camstream.users",
+SERVE_MODULES = ("camstream.cli", "camstream.cli.serve", "camstream.supervisor.runtime",
+                 "camstream.bus", "camstream.rundir", "camstream.users",
                  "camstream.supervisor.notify", "camstream.proc", "camstream.supervisor.arbiter",
-                 "camstream.supervisor.pool",
+                 "camstream.supervisor.pool", "camstream.supervisor.children",
                  "camstream.attach.display", "camstream.attach.tap", "camstream.client", "ctypes.util",
                  "workers.processors", "workers.builtin", "setproctitle", "ssl")
 

@@ -20,6 +20,7 @@ import socketio
 import zmq
 from tests.helpers import ROOT, Daemon, free_port, make_jpeg, wait_for
 from tests.helpers.jsclient import jpeg_file, js_client, js_result  # noqa: F401 (a fixture)
+from tests.helpers import streaming
 
 from camstream import bus, wire
 from camstream.keys import Curve
@@ -95,12 +96,8 @@ def worker_argv(port: int, keys: Path | None, *extra: str) -> list[str]:
 def send_frames(sio: socketio.Client, count: int, fps: float) -> int:
     """``frame`` events with acks at ``fps``; returns how many were accepted."""
     frames = [make_jpeg(seed=i) for i in range(4)]
-    accepted = 0
-    for n in range(count):
-        ack = sio.call("frame", ({}, frames[n % len(frames)]), timeout=10)
-        accepted += bool(ack.get("accepted"))
-        time.sleep(1 / fps)
-    return accepted
+    acks = streaming.send_frames(sio, [frames[n % len(frames)] for n in range(count)], fps)
+    return sum(bool(ack.get("accepted")) for ack in acks)
 
 
 def settled(d: Daemon, name: str) -> dict:

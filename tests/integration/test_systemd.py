@@ -18,8 +18,10 @@ import requests
 import socketio
 
 from camstream import opencv
+from camstream.liveness import ALIVE_S
 from camstream.supervisor import systemd as service
-from camstream.cli import CliError, build_parser, parse_serve
+from camstream.cli.args import CliError
+from camstream.cli.serve import parse_serve, serve_parser
 from tests.helpers import ROOT, make_jpeg, make_users, wait_for
 
 UNITS = ("camstream.service", "camstream-display.service")
@@ -92,6 +94,7 @@ class NotifySocket:
         self.sock.close()
 
 
+@pytest.mark.serial
 def test_notify_protocol(daemons, tmp_path, clients):
     notify = NotifySocket(tmp_path / "notify")
     answered: list[bool] = []
@@ -119,7 +122,7 @@ def test_notify_protocol(daemons, tmp_path, clients):
         ingest = d.child("ingest")
         ingest.suspend()
         try:
-            time.sleep(2.5)  # the last heartbeat goes stale
+            time.sleep(ALIVE_S + 0.5)  # the last heartbeat goes stale
             hung = time.monotonic()
             time.sleep(3)
             assert notify.times("WATCHDOG", since=hung) == []
@@ -168,14 +171,11 @@ def test_every_key_of_the_example_file(tmp_path):
 
 
 def test_the_example_file_names_every_serve_option():
-    parser = build_parser()
-    serve = parser._subparsers._group_actions[0].choices["serve"]
     text = (ROOT / "systemd" / "camstream.conf").read_text()
-    for action in serve._actions:
-        long = action.option_strings[-1] if action.option_strings else ""
-        if long.startswith("--") and action.dest not in ("help", "config"):
-            assert f"\n{long[2:]} = " in text or f"\n# {long[2:]} = " in text, \
-                f"{long} is missing from camstream.conf"
+    for name, flag in serve_parser().flags.items():
+        if flag.dest not in ("help", "config"):
+            assert f"\n{name} = " in text or f"\n# {name} = " in text, \
+                f"--{name} is missing from camstream.conf"
 
 
 def test_flags_override_the_file(tmp_path):

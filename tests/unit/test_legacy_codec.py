@@ -11,7 +11,7 @@ import pytest
 from engineio.packet import CLOSE, MESSAGE, NOOP, OPEN, PING, PONG
 from socketio.packet import BINARY_EVENT, CONNECT, EVENT, Packet
 
-from camstream.ingest.eio3.session import (
+from camstream.ingest.eio3.codec import (
     MAX_ATTACHMENTS,
     ProtocolError,
     add_attachment,

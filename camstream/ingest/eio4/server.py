@@ -33,6 +33,8 @@ import engineio.packet
 import engineio.socket
 import socketio
 
+from camstream.ingest.limits import MAX_ATTACHMENTS
+
 log = logging.getLogger("camstream.sioserver")
 
 
@@ -56,7 +58,7 @@ class BoundedPacket(socketio.packet.Packet):
     carries is a protocol error (it would otherwise make the server wait for, and hold, an
     unbounded number of them)."""
 
-    MAX_ATTACHMENTS = 4
+    MAX_ATTACHMENTS = MAX_ATTACHMENTS  # camstream.ingest.limits: both revisions
 
     def decode(self, encoded_packet):
         try:
