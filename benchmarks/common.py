@@ -340,8 +340,8 @@ class BusTap:
         while not self._stop.is_set():
             if not poller.poll(100):
                 continue
-            parts = self.sub.recv_multipart()
-            self.record(wire.Header.unpack(parts[1]), json.loads(parts[2]))
+            for result in bus.drain(self.sub, wire.Result.unpack):
+                self.record(result.header, result.result)
 
     def record(self, h: wire.Header, result: dict) -> None:
         self.records.append((h.client, h.seq, h.recv_ns, result["done_ns"]))

@@ -37,12 +37,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import zmq
 
-from camstream import rundir
+from camstream import rundir, wire
 from camstream.keys import Curve
 
 log = logging.getLogger("camstream.bus")
@@ -53,6 +55,8 @@ BUS_OUT = "bus-out"
 
 BUS_SUB_HWM = 64      # messages a subscriber may fall behind before it loses the oldest
 BUS_PUB_HWM = 1000    # the proxy drains it at memory speed; this only absorbs bursts
+
+T = TypeVar("T")
 
 
 def endpoint(runtime_dir: str, name: str) -> str:
@@ -236,6 +240,34 @@ def bus_sub(ctx: zmq.Context, runtime_dir: str, *topics: bytes,
         sock.setsockopt(zmq.SUBSCRIBE, t)
     _connect(sock, endpoint(runtime_dir, BUS_OUT), to.bus_out if to else "", to, local)
     return sock
+
+
+def drain(sock: zmq.Socket, unpack: Callable[[list], T], limit: int | None = None,
+          copy: bool = True, malformed: Callable[[wire.WireError], None] | None = None
+          ) -> Iterator[T]:
+    """The messages waiting on ``sock`` now, each unpacked (an unpacker of :mod:`camstream.wire`),
+    without blocking; at most ``limit`` read. A message that does not unpack is skipped, after
+    ``malformed`` is told: a subscriber never stops for one bad message on a shared bus."""
+    taken = 0
+    while limit is None or taken < limit:
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
+        taken += 1
+        try:
+            message = unpack(parts)
+        except wire.WireError as e:
+            if malformed is not None:
+                malformed(e)
+            continue
+        yield message
+
+
+def receive(sock: zmq.Socket, unpack: Callable[[list], T], copy: bool = True) -> T:
+    """The next message on ``sock``, waiting for it, unpacked; WireError if it does not unpack
+    (the caller decides whether that ends it)."""
+    return unpack(sock.recv_multipart(copy=copy))
 
 
 class Streamer:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from camstream.names import safe
 from camstream.wire import Header
 
 log = logging.getLogger("camstream.worker")
@@ -43,13 +44,6 @@ def frame_path(root: Path, header: Header) -> tuple[Path, str]:
     tm = time.gmtime(seconds)
     day = root / safe(header.client) / time.strftime("%Y-%m-%d", tm)
     return day, f"{time.strftime('%H%M%S', tm)}.{ns // 1_000_000:03d}-{header.seq:08d}.jpg"
-
-
-def safe(name: str) -> str:
-    """A client or session name as one path component (user names are checked at login;
-    this is belt and braces)."""
-    name = name.replace("/", "_").replace("\0", "_")
-    return "_" + name if name.startswith(".") or not name else name
 
 
 class Recorder:

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -41,7 +40,6 @@ from workers import processors
 from workers.recorder import Recorder
 
 log = logging.getLogger("camstream.worker")
-HOST = socket.gethostname()
 
 STATS_INTERVAL = 0.25  # also bounds what a killed worker had processed but not yet reported
 # a full snapshot of every client's counters this often; the reports between carry only the
@@ -191,7 +189,7 @@ class Worker:
                     self.reach.read()
                 self.reach.tick()
             if self.frames_pull in ready:
-                self.handle(self.frames_pull.recv_multipart(copy=False))
+                self.handle(bus.receive(self.frames_pull, wire.Frame.unpack, copy=False))
         self.publish_stats(last=True)
 
     def drained(self, since_told: float, poller: zmq.Poller) -> bool:
@@ -202,8 +200,8 @@ class Worker:
             return True
         return not poller.poll(DRAIN_IDLE_MS)  # (a wake-up byte only delays this once)
 
-    def handle(self, parts: list) -> None:
-        header = Header.unpack(parts[0].buffer)
+    def handle(self, frame: wire.Frame) -> None:
+        header = frame.header
         counts = self.counts.get(header.client)
         if counts is None:
             counts = self.counts[header.client] = Counts()
@@ -211,17 +209,16 @@ class Worker:
         self.finished.setdefault(header.client, []).append(header.seq)  # reported once done
         self.deadline.begin(header, counts)
         try:
-            outcome = self.work(parts[1].buffer, header, counts)
+            outcome = self.work(frame.jpeg, header, counts)
         finally:
             self.deadline.end()
         if outcome is None:
             return
         payload, jpeg = outcome
         counts.processed += 1
-        self.bus_pub.send_multipart(
-            [wire.topic(wire.PROCESSED, header.client), parts[0], payload, jpeg], copy=False)
+        self.bus_pub.send_multipart(wire.Result.of(frame, payload, jpeg).pack(), copy=False)
         if self.recorder:
-            self.recorder.put(header, parts[1], payload, counts)
+            self.recorder.put(header, frame.jpeg, payload, counts)
 
     def work(self, data: memoryview, header: Header, counts: Counts
              ) -> tuple[bytes, bytes] | None:
@@ -277,12 +274,12 @@ class Worker:
         finished, self.finished = self.finished, {}
         clients = {name: {key: getattr(c, key) for key in Counts.NUMBERS}
                    for name, c in counts}
-        self.bus_pub.send_multipart(wire.pack_json(
-            wire.STATS, f"worker {self.index}",
+        self.bus_pub.send_multipart(wire.Stats(
+            f"worker {self.index}",
             {"role": "worker", "index": self.index, "pid": os.getpid(), "started": self.started,
-             "host": HOST, "remote": self.remote, "stopping": self.stopping, "full": full,
+             "host": proc.HOST, "remote": self.remote, "stopping": self.stopping, "full": full,
              "clients": clients, "done": finished,
-             "errors_by": {name: dict(c.errors_by) for name, c in counts if c.errors_by}}))
+             "errors_by": {name: dict(c.errors_by) for name, c in counts if c.errors_by}}).pack())
 
     def log_once(self, kind: str, msg: str, *args) -> None:
         """Log the first error of each kind; the counters carry the rest."""

@@ -29,6 +29,7 @@ from camstream.attach import subscribe
 from camstream.cli.args import (CliError, add_log_level, add_runtime_dir, positive_float,
                                 require_opencv, runtime_dir_of)
 from camstream.attach.subscribe import Frame, StreamRate, Subscription
+from camstream.names import safe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -448,8 +449,3 @@ class Snapshots:
 
     def shutdown(self) -> None:
         pass
-
-
-def safe(name: str) -> str:
-    """Client names are already restricted by ingest; never let one leave the folder."""
-    return name.replace("/", "_").lstrip(".") or "_"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import socket
 import stat
-import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camstream import bus, wire
-from camstream.wire import Header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,43 +132,40 @@ class StreamRate:
             self._anchor = (now, seq)
 
 
-def decode(parts: list, recent_raw: dict[str, dict[int, Any]] | None = None) -> Frame | None:
-    """A Frame from a bus message (``[RAW topic, header, jpeg]`` or ``[PROCESSED topic,
-    header, result json, annotated jpeg]``), or None for one this version cannot read.
-    ``recent_raw`` (client -> seq -> jpeg) is filled with raw frames and gives a processed
-    frame without a picture the raw one it is about."""
+def decode(message: wire.Frame | wire.Result,
+           recent_raw: dict[str, dict[int, Any]] | None = None) -> Frame:
+    """A Frame from a bus message (unpacked by :mod:`camstream.wire`): a raw frame or a
+    worker's result. ``recent_raw`` (client -> seq -> jpeg) is filled with raw frames and gives
+    a processed frame without a picture the raw one it is about."""
+    header = message.header
+    if isinstance(message, wire.Frame):
+        if recent_raw is not None:
+            kept = recent_raw.setdefault(header.client, {})
+            kept[header.seq] = message.jpeg
+            while len(kept) > RECENT_RAW:
+                del kept[next(iter(kept))]
+        return Frame(header.client, header.session, header.seq, header.recv_ns, message.jpeg)
     try:
-        topic = bytes(_buffer(parts[0]))
-        header = Header.unpack(_buffer(parts[1]))
-        if topic.startswith(wire.RAW):
-            jpeg = _buffer(parts[2])
-            if recent_raw is not None:
-                kept = recent_raw.setdefault(header.client, {})
-                kept[header.seq] = jpeg
-                while len(kept) > RECENT_RAW:
-                    del kept[next(iter(kept))]
-            return Frame(header.client, header.session, header.seq, header.recv_ns, jpeg)
-        if topic.startswith(wire.PROCESSED) and len(parts) >= 4:
-            try:
-                result = json.loads(bytes(_buffer(parts[2])))
-            except ValueError:
-                result = {"result": "not JSON"}
-            if not isinstance(result, dict):
-                result = {"result": result}
-            jpeg = _buffer(parts[3])
-            annotated = bool(len(jpeg))
-            if not annotated and recent_raw is not None:  # the raw frame it is about, or
-                kept = recent_raw.get(header.client, {})   # the newest one seen
-                jpeg = kept.get(header.seq) or next(reversed(kept.values()), b"")
-            return Frame(header.client, header.session, header.seq, header.recv_ns, jpeg,
-                         processed=True, result=result, annotated=annotated)
-    except (ValueError, IndexError, struct.error, UnicodeDecodeError):
-        pass
-    return None
+        result = json.loads(bytes(message.payload))
+    except ValueError:
+        result = {"result": "not JSON"}
+    if not isinstance(result, dict):
+        result = {"result": result}
+    jpeg = message.jpeg
+    annotated = message.annotated
+    if not annotated and recent_raw is not None:  # the raw frame it is about, or
+        kept = recent_raw.get(header.client, {})   # the newest one seen
+        jpeg = kept.get(header.seq) or next(reversed(kept.values()), b"")
+    return Frame(header.client, header.session, header.seq, header.recv_ns, jpeg,
+                 processed=True, result=result, annotated=annotated)
 
 
-def _buffer(part):
-    return part.buffer if hasattr(part, "buffer") else part
+def _picture(parts: list) -> wire.Frame | wire.Result:
+    """A raw frame or a result: the messages a frame subscription receives."""
+    message = wire.unpack(parts)
+    if not isinstance(message, (wire.Frame, wire.Result)):
+        raise wire.WireError(f"a {type(message).__name__} message among the frames")
+    return message
 
 
 class Subscription:
@@ -217,14 +212,9 @@ class Subscription:
 
     def drain(self, limit: int = 10000) -> Iterator[Frame]:
         """The frames waiting now, without blocking (at most ``limit`` messages read)."""
-        import zmq
-        for _ in range(limit):
-            try:
-                parts = self.frames_sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            frame = decode(parts, self.recent_raw)
-            if frame is None or not (frame.processed or self.raw):
+        for message in bus.drain(self.frames_sub, _picture, limit, copy=False):
+            frame = decode(message, self.recent_raw)
+            if not (frame.processed or self.raw):
                 continue
             if frame.processed and not len(frame.jpeg) and self.recent_raw is not None:
                 continue  # a result from before we attached: no raw frame of it to show yet
@@ -232,20 +222,10 @@ class Subscription:
 
     def events(self) -> Iterator[Event]:
         """The join/leave events waiting now, without blocking."""
-        import zmq
         if self.events_sub is None:
             return
-        while True:
-            try:
-                parts = self.events_sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                name, event = wire.unpack_json(parts)
-            except (ValueError, IndexError, UnicodeDecodeError):
-                continue
-            if event.get("event") in ("join", "leave"):
-                yield Event(name, event["event"])
+        for event in bus.drain(self.events_sub, wire.Event.unpack):
+            yield Event(event.name, event.kind)
 
     def next(self, timeout: float | None = None) -> Frame | None:
         """The next frame, waiting up to ``timeout`` seconds (None: forever)."""

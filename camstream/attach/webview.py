@@ -223,13 +223,7 @@ def read_bus(view: View, runtime_dir: str, stop: threading.Event,
             for event in frames.events():  # a leave that came while draining frames wins
                 if event.kind == "leave":
                     view.leave(event.client)
-            while True:
-                try:
-                    _, report = wire.unpack_json(stats.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                except (ValueError, IndexError, UnicodeDecodeError):
-                    continue
+            for _, report in bus.drain(stats, wire.Stats.unpack):
                 if isinstance(report.get("dropped"), dict):
                     view.set_dropped(report["dropped"])
             view.expire()

@@ -109,13 +109,8 @@ class Ingest(Handlers):
         """Take the counters workers and supervisor published since the last call. Polled
         from the heartbeat on a plain (not gevent) socket: a greenlet woken for each message
         cost a third of ingest's time under load."""
-        while True:
+        for _, report in bus.drain(self.stats_sub, wire.Stats.unpack, malformed=self._malformed):
             try:
-                parts = self.stats_sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                _, report = wire.unpack_json(parts)
                 if report.get("role") == "worker":
                     self.ledger.worker_report(report)
                     if self.dispatcher.router and not report.get("remote"):
@@ -127,7 +122,11 @@ class Ingest(Handlers):
                 elif report.get("role") == "pool":
                     self.ledger.pool_report(report)
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                log.warning("ignoring a malformed stats message: %r", e)
+                self._malformed(e)
+
+    @staticmethod
+    def _malformed(e: Exception) -> None:
+        log.warning("ignoring a malformed stats message: %r", e)
 
     def listen_results(self, ctx: zmq.Context) -> None:
         """--emit-results: each worker result goes back, as a ``result`` event, to the
@@ -136,12 +135,12 @@ class Ingest(Handlers):
         sub = bus.bus_sub(ctx, self.config.runtime_dir, wire.PROCESSED, hwm=1000, to=self.to)
         handled = 0
         while True:
-            parts = sub.recv_multipart(copy=False)
             try:
-                header = wire.Header.unpack(parts[1].buffer)
+                result = bus.receive(sub, wire.Result.unpack, copy=False)
+                header = result.header
                 conn = self.numbered.get(header.session)
                 if conn is not None and conn.name == header.client:
-                    conn.emit("result", json.loads(parts[2].bytes))
+                    conn.emit("result", json.loads(bytes(result.payload)))
             except Exception as e:  # a bad message or a closing connection: skip it
                 if type(e) not in RESULT_ERRORS_LOGGED:
                     RESULT_ERRORS_LOGGED.add(type(e))
@@ -187,12 +186,12 @@ class Ingest(Handlers):
             if self.dispatcher.router:
                 self.dispatcher.check()
             health = self.ledger.health()
-            self.bus_pub.send_multipart(wire.pack_json(wire.STATS, "ingest", {
+            self.bus_pub.send_multipart(wire.Stats("ingest", {
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,
                 "totals": health["totals"],
                 "clients": sum(1 for n in self.ledger.connected.values() if n),
                 "dropped": {name: row["dropped"] for name, row in health["clients"].items()},
-                "serving": self.serving, "draining": self.draining}))
+                "serving": self.serving, "draining": self.draining}).pack())
             gevent.sleep(HEARTBEAT_INTERVAL)
 
     # -- HTTP --------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ class Handlers:
         conn.rate = FrameRate(self.config.max_fps)
         self.ledger.joined(name)
         self.dispatcher.open(conn.number, name, conn.counts)
-        self.publish(wire.pack_json(wire.EVENTS, name, {"event": "join"}))
+        self.publish(wire.Event(name, "join").pack())
         log.info("%s logged in as %r", conn.label, name)
         return True
 
@@ -187,7 +187,7 @@ class Handlers:
         self.dispatcher.close(conn.number)
         left = self.ledger.left(conn.name)
         if not left:
-            self.publish(wire.pack_json(wire.EVENTS, conn.name, {"event": "leave"}))
+            self.publish(wire.Event(conn.name, "leave").pack())
         conn.name = None
 
     # -- events ------------------------------------------------------------------------------

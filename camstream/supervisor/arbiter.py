@@ -35,7 +35,7 @@ from typing import Callable
 
 import zmq
 
-from camstream import proc, wire
+from camstream import bus, proc, wire
 from camstream.config import Config
 from camstream.liveness import Liveness
 from camstream.rundir import RuntimeDirError
@@ -362,15 +362,7 @@ class Supervisor:
 
     def read_heartbeats(self) -> None:
         by_pid = {s.proc.pid: s for s in self.slots if s.proc is not None}
-        while True:
-            try:
-                parts = self.hub.beats.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                _, report = wire.unpack_json(parts)
-            except (ValueError, IndexError):
-                continue
+        for _, report in bus.drain(self.hub.beats, wire.Stats.unpack):
             slot = by_pid.get(report.get("pid"))
             if slot is not None and report.get("host", proc.HOST) == proc.HOST:
                 slot.heard(report, time.monotonic())
@@ -470,7 +462,7 @@ class Supervisor:
         ingest = self.ingest()
         if ingest is not None:
             report["ingest_restarts"] = ingest.restarts
-        self.hub.pub.send_multipart(wire.pack_json(wire.STATS, self.name, report))
+        self.hub.pub.send_multipart(wire.Stats(self.name, report).pack())
 
 
 def plural(n: int, thing: str) -> str:

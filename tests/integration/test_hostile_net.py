@@ -285,9 +285,9 @@ def test_no_session_id_reaches_the_log_or_the_bus(daemons):
         messages.append(sub.recv_multipart())
     sub.close()
     ctx.term()
-    raw = [m for m in messages if m[0].startswith(wire.RAW)]
+    raw = [m for m in map(wire.unpack, messages) if isinstance(m, wire.Frame)]
     assert len(raw) >= 4
-    sessions = {wire.Header.unpack(m[1]).session for m in raw}
+    sessions = {m.header.session for m in raw}
     assert all(s.isdigit() for s in sessions) and len(sessions) == 4, sessions
     blob = b"\n".join(b"".join(m) for m in messages)
     log = d.output()
@@ -652,8 +652,7 @@ def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
         while time.monotonic() - t0 < 10:
             if sub.poll(500):
                 parts = sub.recv_multipart()
-                _, report = wire.unpack_json(parts)
-                sizes[report.get("full", True)].append(sum(len(p) for p in parts))
+                sizes[wire.Stats.unpack(parts).full].append(sum(len(p) for p in parts))
         cpu1 = (worker.cpu_times(), ingest.cpu_times())
         span = time.monotonic() - t0
     finally:

@@ -149,10 +149,9 @@ def worker_stats(runtime_dir: Path, predicate, timeout: float) -> dict:
         while time.monotonic() < deadline:
             if not sub.poll(500):
                 continue
-            _, report = wire.unpack_json(sub.recv_multipart())
-            if report.get("role") != "worker":
-                continue
-            reports.setdefault(report["pid"], {}).update(report["clients"])  # partial: merged
+            for _, report in bus.drain(sub, wire.Stats.unpack):
+                if report.get("role") == "worker":  # a partial report is merged
+                    reports.setdefault(report["pid"], {}).update(report["clients"])
             sums: dict[str, dict[str, int]] = {}
             for clients in reports.values():
                 for name, c in clients.items():

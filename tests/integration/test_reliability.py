@@ -254,9 +254,9 @@ def test_sigterm_drains_every_accepted_frame(daemons, tmp_path):
         poller.register(sub, zmq.POLLIN)
         while not stop.is_set():
             if poller.poll(100):
-                parts = sub.recv_multipart()
-                header = wire.Header.unpack(parts[1])
-                processed.setdefault(header.client, set()).add(header.seq)
+                for result in bus.drain(sub, wire.Result.unpack):
+                    header = result.header
+                    processed.setdefault(header.client, set()).add(header.seq)
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
     time.sleep(0.5)  # the subscription reaches the bus

@@ -240,9 +240,9 @@ class ResultTap:
     def _run(self) -> None:
         while not self.stop.is_set():
             if self.sub.poll(100):
-                parts = self.sub.recv_multipart()
-                h = wire.Header.unpack(parts[1])
-                self.seen[(h.client, h.seq)] = self.seen.get((h.client, h.seq), 0) + 1
+                for result in bus.drain(self.sub, wire.Result.unpack):
+                    h = result.header
+                    self.seen[(h.client, h.seq)] = self.seen.get((h.client, h.seq), 0) + 1
 
     def close(self) -> None:
         self.stop.set()

@@ -218,8 +218,8 @@ def test_heartbeats_make_children_ready_and_the_daemon_healthy(supervisors, rund
     pub = bus.bus_pub(ctx, str(rundir))
     try:
         def report(slot, **fields) -> None:
-            pub.send_multipart(wire.pack_json(wire.STATS, slot.title, {
-                "role": slot.role, "pid": slot.proc.pid, **fields}))
+            pub.send_multipart(wire.Stats(slot.title, {
+                "role": slot.role, "pid": slot.proc.pid, **fields}).pack())
 
         def heard(slot, **fields) -> bool:
             report(slot, **fields)

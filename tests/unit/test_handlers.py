@@ -82,7 +82,7 @@ def test_frames_before_a_login_are_refused_then_accepted_and_stamped(users):
         "accepted": False, "seq": 1, "reason": "unauthenticated"}
     assert handlers.on_event(client.conn, "authenticate", ("bob", "", "onLogin")) is True
     assert client.sent == [("onLogin", True)]
-    assert published == [wire.pack_json(wire.EVENTS, "bob", {"event": "join"})]
+    assert published == [wire.Event("bob", "join").pack()]
     assert handlers.on_event(client.conn, "frame", ({}, JPEG)) == {
         "accepted": True, "seq": 1, "dropped": 0}
     assert handlers.on_event(client.conn, "receiveImage", (JPEG,)) is None  # acked with nothing
@@ -158,7 +158,7 @@ def test_connections_per_address_and_the_drain(users):
     handlers.login(first.conn, "bob", "")
     handlers.disconnect(first.conn, "client disconnect")
     assert pipeline.calls[-1] == ("close", "1")
-    assert published[-1] == wire.pack_json(wire.EVENTS, "bob", {"event": "leave"})
+    assert published[-1] == wire.Event("bob", "leave").pack()
     assert Client(handlers, "s4").admitted  # its address has room again
     handlers.draining = True
     assert not Client(handlers, "s5", address="10.0.0.9").admitted
