@@ -1,7 +1,7 @@
 """camstream: a frame-ingest daemon (socket.io in, ZeroMQ across, OpenCV workers out).
 
 ``camstream.frames()`` reads a running daemon's frames from your own script (see
-:mod:`camstream.subscribe`); it is imported on first use, so ``import camstream`` stays cheap.
+:mod:`camstream.attach.subscribe`); it is imported on first use, so ``import camstream`` stays cheap.
 """
 
 __version__ = "0.1.0"

@@ -2,22 +2,21 @@
 Config. Every error here is one clear line and a non-zero exit, before anything starts.
 
 One module per verb, each with its flags (``add_parser``) and its runner; what several verbs
-share is in :mod:`camstream.cli.args`. :data:`VERBS` is the order ``camstream --help`` lists them.
+share is in :mod:`camstream.cli.args`. :data:`VERBS` is the order ``camstream --help`` lists them;
+they are imported when the parser is built, so that a module taking ``cli.args`` (the attach
+processes do) does not import every verb with it.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 from camstream import __version__
-from camstream.cli import (demo, display, keys, pool, send, serve, status, systemd, tap, tls,
-                           users, worker)
 from camstream.cli.args import CliError, Parser
 from camstream.supervisor.runtime import StartError
 
-VERBS = (serve.add_parser, demo.add_parser, users.add_parser, send.add_parser,
-         status.add_parser, display.add_parser, tap.add_parser, tls.add_parser,
-         systemd.add_parser, systemd.add_reload_parser, pool.add_parser, worker.add_parser,
-         keys.add_parser)
+VERBS = ("serve", "demo", "users", "send", "status", "display", "tap", "tls", "systemd",
+         "systemd:add_reload_parser", "pool", "worker", "keys")  # module[:function]
 
 
 def build_parser() -> Parser:
@@ -26,8 +25,10 @@ def build_parser() -> Parser:
         "authenticates them and fans the frames out to a pool of OpenCV worker processes."))
     parser.add_argument("--version", action="version", version=f"camstream {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
-    for add_parser in VERBS:
-        add_parser(verbs)
+    for verb in VERBS:
+        module, _, function = verb.partition(":")
+        verb_module = importlib.import_module(f"camstream.cli.{module}")
+        getattr(verb_module, function or "add_parser")(verbs)
     return parser
 
 
