@@ -48,27 +48,19 @@ def clients():
 
 
 # -- two xdist workers on two cores -----------------------------------------------------------
-# setup.cfg runs the suite on two xdist workers (``-n 2 --dist loadgroup``): most tests wait
+# setup.cfg runs the suite on two xdist workers (``-n 2 --dist loadfile``): most tests wait
 # on processes, sockets and timeouts, not the CPU. Two things keep that honest:
-# - files whose module-scoped daemon, screen or built system is set up once keep all their
-#   tests on one worker (one xdist group per file), and so do files that create system users;
+# - a file's tests stay on one worker, in order (module-scoped daemons, a screen, a built
+#   system, system users and the README's port 8080 are set up once per file);
 # - a test marked ``serial`` (it measures CPU time, latency or a share of frames under load)
 #   runs alone: it takes an exclusive lock that every other test takes shared.
 
-ONE_WORKER_FILES = {
-    "test_conformance.py", "test_display.py", "test_frames.py", "test_fuzz.py",
-    "test_legacy.py", "test_runtime_dir.py", "test_systemd_real.py", "test_remote_logs.py",
-    "test_scaleout.py",
-    "test_readme.py",  # the README's examples use port 8080
-}
 # a serial test first waits for the other worker's test, itself bounded by its timeout
 SERIAL_WAIT = 120
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in ONE_WORKER_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
         if item.get_closest_marker("serial") and os.environ.get("PYTEST_XDIST_WORKER"):
             own = item.get_closest_marker("timeout")
             limit = (own.args[0] if own and own.args else

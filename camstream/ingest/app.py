@@ -185,6 +185,7 @@ class Ingest(Handlers):
                 task()
             if self.dispatcher.router:
                 self.dispatcher.check()
+            self.dispatcher.release_overdue(time.monotonic())
             health = self.ledger.health()
             self.bus_pub.send_multipart(wire.Stats("ingest", {
                 "role": "ingest", "pid": os.getpid(), "host": proc.HOST,

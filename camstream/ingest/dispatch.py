@@ -16,7 +16,9 @@ callback (``frame`` with an ack) is acked by that callback when it leaves the ma
 worker or dropped, not when it arrives. Such a client then sends as fast as the pipeline
 takes its frames, and its mailbox holds up to ``ACK_WINDOW`` of them (its frames in flight)
 before the oldest is dropped; frames without an ack (``receiveImage``) keep ``queue_depth``,
-newest wins.
+newest wins. An ack is never held longer than ``ACK_HOLD_S``: with no worker to take a frame
+(the pool is down, a worker is gone) the client still gets its answer and keeps its pace,
+and the frame waits, or is dropped, as any other.
 """
 from __future__ import annotations
 
@@ -38,13 +40,17 @@ log = logging.getLogger("camstream.ingest")
 # frames with a pending ack a mailbox holds (at least queue_depth): a client's window of
 # frames in flight; beyond it, the oldest is dropped (and acked) as for any frame
 ACK_WINDOW = 8
+# the longest an ack waits for its frame to leave the mailbox (the client's pace, at worst)
+ACK_HOLD_S = 1.0
 
 
 def release(frame: tuple) -> None:
-    """Ack a frame that leaves its mailbox (``frame[3]``, when it was offered with one)."""
-    if frame[3] is not None:
+    """Ack a frame that leaves its mailbox (``frame[3]``: a one-shot list holding the ack,
+    when it was offered with one); once only, whichever comes first of leaving and
+    :data:`ACK_HOLD_S`."""
+    if frame[3]:
         try:
-            frame[3]()
+            frame[3].pop()()
         except Exception:  # noqa: BLE001 (a dead client's ack must not stop a lane)
             log.debug("an ack could not be released", exc_info=True)
 
@@ -65,7 +71,7 @@ class Mailbox:
 
 class Lane:
     """A PUSH socket and, in round-robin order, the mailboxes whose next frame goes into it."""
-    __slots__ = ("push", "worker", "ready", "wakeup", "in_hand")
+    __slots__ = ("push", "worker", "ready", "wakeup", "in_hand", "frame")
 
     def __init__(self, push: zmq.Socket, worker: int | None = None) -> None:
         self.push = push
@@ -73,6 +79,7 @@ class Lane:
         self.ready: collections.deque[Mailbox] = collections.deque()
         self.wakeup = gevent.event.Event()
         self.in_hand = 0       # the frame being handed to the pipeline right now
+        self.frame: tuple | None = None  # that frame (its ack may be overdue)
 
     def add(self, box: Mailbox) -> None:
         self.ready.append(box)
@@ -143,7 +150,8 @@ class Dispatcher:
             release(box.frames.popleft())
             box.counts.dropped += 1
             self.waiting -= 1
-        box.frames.append((header, jpeg, seq, on_release))
+        box.frames.append((header, jpeg, seq, None if on_release is None else [on_release],
+                           time.monotonic()))
         self.waiting += 1
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
         if self.router is not None:
@@ -228,8 +236,8 @@ class Dispatcher:
                 lane.ready.append(box)
             elif box.closed:
                 self.forget(box)
-            header, jpeg, seq, _ = frame
-            lane.in_hand = 1
+            header, jpeg, seq = frame[:3]
+            lane.in_hand, lane.frame = 1, frame
             try:
                 sent = self.hand_over(lane, header, jpeg)
             except BaseException:  # every frame ends in a counter, even on an error
@@ -237,7 +245,7 @@ class Dispatcher:
                 release(frame)
                 raise
             finally:
-                lane.in_hand = 0
+                lane.in_hand, lane.frame = 0, None
             if sent:
                 box.counts.dispatched += 1
                 box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
@@ -270,6 +278,18 @@ class Dispatcher:
                 if lane.worker is not None and not self.router.alive(lane.worker):
                     return False
                 lane.push.poll(100, zmq.POLLOUT)
+
+    def release_overdue(self, now: float) -> int:
+        """Ack the frames that have waited :data:`ACK_HOLD_S` for a worker (ingest's
+        heartbeat, twice a second); they stay where they are. Returns how many."""
+        overdue = [frame for box in self.boxes.values() for frame in box.frames
+                   if frame[3] and now - frame[4] > ACK_HOLD_S]
+        overdue += [lane.frame for lane in [self.shared, *self.lanes.values()]
+                    if lane is not None and lane.frame is not None and lane.frame[3]
+                    and now - lane.frame[4] > ACK_HOLD_S]
+        for frame in overdue:
+            release(frame)
+        return len(overdue)
 
     def drain(self, deadline: float) -> int:
         """Dispatch what is waiting, until ``deadline`` (monotonic); return what is left."""

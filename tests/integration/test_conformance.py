@@ -552,6 +552,27 @@ def test_no_ack_for_an_event_nobody_handles(session, server, eio, transport):
     assert answer.startswith(f"3{PROBE_ID}") and acks == [answer], acks
 
 
+@BOTH
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("packet", ['2["disconnect",1,2,3,4,5]', '2["connect",{}]',
+                                    '21["newListener","x"]'])
+def test_a_reserved_event_name_closes_the_connection(session, server, transport, packet):
+    """npm socket.io-parser 4 refuses the names the protocol keeps for itself, and the server
+    closes the connection; so does camstream (python-socketio would call its own handlers)."""
+    s = session(server, 4, transport)
+    s.send(packet)
+    assert s.expect(lambda p: False, timeout=3) == CLOSED
+
+
+@BOTH
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_event_named_star_is_an_unknown_event(session, server, transport):
+    """``*`` is python-socketio's catch-all, an ordinary name to the reference: ignored."""
+    s = session(server, 4, transport)
+    s.send('27["*",1]')
+    assert s.probe().startswith(f"3{PROBE_ID}")
+
+
 def test_unknown_event_is_logged_once(cs, session):
     s = session("camstream", 4, "websocket")
     for _ in range(3):

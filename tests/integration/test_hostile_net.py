@@ -667,7 +667,7 @@ def test_names_seen_once_cost_the_workers_nothing_once_gone(daemons):
     assert sizes[False] and max(sizes[False]) < 2000
     assert 1 <= len(sizes[True]) <= 3 and len(sizes[False]) > 5 * len(sizes[True])
     assert sum(sizes[True] + sizes[False]) < 4 * max(sizes[True])
-    assert busy[0] < 3 and busy[1] < 5
+    assert busy[0] < 3 and busy[1] < 6.5  # ingest: 7.3 % before; its heartbeat sweeps too
     h = d.health()
     assert h["departed"]["processed"] == names and h["totals"]["processed"] == names
 

@@ -101,3 +101,24 @@ def test_a_lane_survives_an_unexpected_error_and_goes_on():
     assert pull.poll(2000) and pull.recv_multipart()[0] == b"a2"
     runner.kill()
     ctx.destroy(linger=0)
+
+
+def test_an_ack_waits_for_its_frame_to_leave_but_never_past_the_hold():
+    """Backpressure acks a frame when it leaves the mailbox; with no worker to take it (the
+    pool is down) the ack still goes out after ACK_HOLD_S, once, and the frame stays."""
+    from camstream.ingest import dispatch
+    ctx, dispatcher, pull = pipeline()
+    acks = []
+    dispatcher.open("s1", "alice", ClientCounts())
+    dispatcher.offer("s1", b"h1", b"jpeg", 1, lambda: acks.append(1))
+    now = __import__("time").monotonic()
+    assert dispatcher.release_overdue(now) == 0 and acks == []  # nobody has waited yet
+    assert dispatcher.release_overdue(now + dispatch.ACK_HOLD_S + 0.1) == 1 and acks == [1]
+    assert dispatcher.release_overdue(now + 2 * dispatch.ACK_HOLD_S + 0.1) == 0
+    assert dispatcher.waiting == 1  # still mailed: a worker may yet take it
+    dispatcher.send_ready()         # it leaves: no second ack
+    assert pull.recv_multipart() == [b"h1", b"jpeg"] and acks == [1]
+    dispatcher.offer("s1", b"h2", b"jpeg", 2, lambda: acks.append(2))
+    dispatcher.send_ready()         # a frame that leaves in time is acked as it leaves
+    assert acks == [1, 2]
+    ctx.destroy(linger=0)

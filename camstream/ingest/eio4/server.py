@@ -40,6 +40,14 @@ from camstream.ingest.limits import MAX_ATTACHMENTS
 
 log = logging.getLogger("camstream.sioserver")
 
+# Event names a client may not send: npm socket.io-parser 4 refuses them as a malformed packet
+# and the reference server closes the connection; python-socketio would instead call its own
+# connect/disconnect handlers with the client's arguments.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+# python-socketio's own names, an ordinary unknown event to the reference: to the catch-all
+PRIVATE_EVENTS = frozenset({"*", "__disconnect_final"})
+
 
 class HideSids(logging.Filter):
     """python-engineio names the session in its own error lines ("Invalid session SID",
@@ -341,7 +349,19 @@ class Server(socketio.Server):
 
     def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
         """A ``frame`` that asks for an ack, on any transport: acked when it leaves the
-        mailbox (ingest's ``on_frame``), not when the handler returns."""
+        mailbox (ingest's ``on_frame``), not when the handler returns. Reserved names close
+        the connection, as the reference does (:data:`RESERVED_EVENTS`)."""
+        event = data[0] if data and isinstance(data[0], str) else None
+        if event in RESERVED_EVENTS:
+            log.warning("protocol error from %s: the event name %r is reserved; closing it",
+                        self.describe(eio_sid), event)
+            self.eio.start_background_task(self.eio.disconnect, eio_sid)
+            return
+        if event in PRIVATE_EVENTS:
+            catch_all = self.handlers.get(namespace or "/", {}).get("*")
+            if catch_all is not None:
+                catch_all(event, sid, *data[1:])
+            return
         if data and data[0] == "frame" and id is not None and self.on_frame is not None and \
                 (namespace or "/") == "/":
             self.on_frame(sid, tuple(data[1:]), lambda result: server._send_packet(
