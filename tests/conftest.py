@@ -47,8 +47,8 @@ def clients():
             sio.disconnect()
 
 
-# -- two xdist workers on two cores -----------------------------------------------------------
-# setup.cfg runs the suite on two xdist workers (``-n 2 --dist loadfile``): most tests wait
+# -- four xdist workers on two cores -----------------------------------------------------------
+# setup.cfg runs the suite on four xdist workers (``-n 4 --dist loadfile``): most tests wait
 # on processes, sockets and timeouts, not the CPU. Two things keep that honest:
 # - a file's tests stay on one worker, in order (module-scoped daemons, a screen, a built
 #   system, system users and the README's port 8080 are set up once per file);

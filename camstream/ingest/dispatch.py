@@ -16,9 +16,9 @@ callback (``frame`` with an ack) is acked by that callback when it leaves the ma
 worker or dropped, not when it arrives. Such a client then sends as fast as the pipeline
 takes its frames, and its mailbox holds up to ``ACK_WINDOW`` of them (its frames in flight)
 before the oldest is dropped; frames without an ack (``receiveImage``) keep ``queue_depth``,
-newest wins. An ack is never held longer than ``ACK_HOLD_S``: with no worker to take a frame
-(the pool is down, a worker is gone) the client still gets its answer and keeps its pace,
-and the frame waits, or is dropped, as any other.
+newest wins. A frame never waits for its ack longer than ``ACK_HOLD_S``: past it (the pool
+is down, a worker is gone) it is dropped and acked, so the client keeps its pace and no
+stale frame is processed later.
 """
 from __future__ import annotations
 
@@ -280,16 +280,37 @@ class Dispatcher:
                 lane.push.poll(100, zmq.POLLOUT)
 
     def release_overdue(self, now: float) -> int:
-        """Ack the frames that have waited :data:`ACK_HOLD_S` for a worker (ingest's
-        heartbeat, twice a second); they stay where they are. Returns how many."""
-        overdue = [frame for box in self.boxes.values() for frame in box.frames
-                   if frame[3] and now - frame[4] > ACK_HOLD_S]
-        overdue += [lane.frame for lane in [self.shared, *self.lanes.values()]
-                    if lane is not None and lane.frame is not None and lane.frame[3]
-                    and now - lane.frame[4] > ACK_HOLD_S]
-        for frame in overdue:
-            release(frame)
-        return len(overdue)
+        """Ingest's heartbeat (twice a second): frames that have waited :data:`ACK_HOLD_S` for
+        a worker are dropped and acked, as a full mailbox drops its oldest (newest wins: a
+        frame that old is stale, and its client is owed an answer); a frame in hand, stuck
+        in a full pipeline, is acked and kept. Returns how many acks went out."""
+        released = 0
+        for box in list(self.boxes.values()):
+            frames = box.frames
+            while frames and frames[0][3] and now - frames[0][4] > ACK_HOLD_S:
+                release(frames.popleft())
+                box.counts.dropped += 1
+                self.waiting -= 1
+                released += 1
+            if not frames:
+                self.unqueue(box)
+        for lane in self.all_lanes():
+            if lane.frame is not None and lane.frame[3] and now - lane.frame[4] > ACK_HOLD_S:
+                release(lane.frame)
+                released += 1
+        return released
+
+    def all_lanes(self) -> list[Lane]:
+        return [lane for lane in [self.shared, *self.lanes.values()] if lane is not None]
+
+    def unqueue(self, box: Mailbox) -> None:
+        """A mailbox emptied outside its lane: out of its lane's (or the parked) queue."""
+        self.parked.pop(box, None)
+        for lane in self.all_lanes():
+            if box in lane.ready:
+                lane.ready.remove(box)
+        if box.closed:
+            self.forget(box)
 
     def drain(self, deadline: float) -> int:
         """Dispatch what is waiting, until ``deadline`` (monotonic); return what is left."""

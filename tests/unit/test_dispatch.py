@@ -105,20 +105,22 @@ def test_a_lane_survives_an_unexpected_error_and_goes_on():
 
 def test_an_ack_waits_for_its_frame_to_leave_but_never_past_the_hold():
     """Backpressure acks a frame when it leaves the mailbox; with no worker to take it (the
-    pool is down) the ack still goes out after ACK_HOLD_S, once, and the frame stays."""
+    pool is down) it is dropped and acked after ACK_HOLD_S, once, and the mailbox is out of
+    its lane; a frame that leaves in time is acked as it leaves."""
+    import time
     from camstream.ingest import dispatch
     ctx, dispatcher, pull = pipeline()
-    acks = []
-    dispatcher.open("s1", "alice", ClientCounts())
+    acks, counts = [], ClientCounts()
+    dispatcher.open("s1", "alice", counts)
     dispatcher.offer("s1", b"h1", b"jpeg", 1, lambda: acks.append(1))
-    now = __import__("time").monotonic()
+    now = time.monotonic()
     assert dispatcher.release_overdue(now) == 0 and acks == []  # nobody has waited yet
     assert dispatcher.release_overdue(now + dispatch.ACK_HOLD_S + 0.1) == 1 and acks == [1]
+    assert counts.dropped == 1 and dispatcher.waiting == 0 and not dispatcher.ready
     assert dispatcher.release_overdue(now + 2 * dispatch.ACK_HOLD_S + 0.1) == 0
-    assert dispatcher.waiting == 1  # still mailed: a worker may yet take it
-    dispatcher.send_ready()         # it leaves: no second ack
-    assert pull.recv_multipart() == [b"h1", b"jpeg"] and acks == [1]
     dispatcher.offer("s1", b"h2", b"jpeg", 2, lambda: acks.append(2))
-    dispatcher.send_ready()         # a frame that leaves in time is acked as it leaves
-    assert acks == [1, 2]
+    assert [box.session for box in dispatcher.ready] == ["s1"]  # queued once, again
+    dispatcher.send_ready()
+    assert pull.recv_multipart() == [b"h2", b"jpeg"] and acks == [1, 2]
+    assert counts.dispatched == 1 and counts.dropped == 1
     ctx.destroy(linger=0)
