@@ -414,7 +414,7 @@ def half_open(port: int, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", port), 5)
+            s = socket.create_connection(("127.0.0.1", port), 15)  # a SYN may be retried
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             socks.append(s)
         except OSError:
@@ -437,33 +437,39 @@ def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
     ingest = d.child("ingest")
     subprocess.run(["prlimit", "--pid", str(ingest.pid), "--nofile=1024:1024"], check=True,
                    timeout=10)
+    started = time.monotonic()
     socks = half_open(d.port, 3000)
+    client = {"accepted": 0, "error": None}
     try:
         t0 = time.monotonic()
         health = requests.get(d.url + "/healthz", timeout=10).json()
         health_s = time.monotonic() - t0
         stop = threading.Event()
         client = streamer(d.url, "real", stop)
-        wait_for(lambda: client["accepted"] >= 10 or client["error"], 20,
-                 what="the real client streaming")
-        stop.set()
-        client["thread"].join(10)
+        try:
+            wait_for(lambda: client["accepted"] >= 10 or client["error"], 30,
+                     what="the real client streaming")
+        finally:
+            stop.set()
+            client["thread"].join(10)
         fds = ingest.num_fds()
     finally:
         for s in socks:
             s.close()
     log = d.output()
-    print(f"{len(socks)} half-open connections, max pending {pending or 512}: /healthz in "
-          f"{health_s:.2f} s, the real client {client['accepted']} frames accepted "
-          f"(error {client['error']}), ingest fds {fds}, limits {health['limits']}, "
-          f"EMFILE lines {log.count('out of file descriptors')}, tracebacks "
-          f"{log.count('Traceback')}")
-    assert len(socks) == 3000
-    assert client["error"] is None and client["accepted"] >= 10
-    assert "Traceback" not in log and "Too many open files" not in log
+    emfile_lines = log.count("out of file descriptors")
+    summary = (f"{len(socks)} half-open connections, max pending {pending or 512}: /healthz in "
+               f"{health_s:.2f} s, the real client {client['accepted']} frames accepted "
+               f"(error {client['error']}), ingest fds {fds}, limits {health['limits']}, "
+               f"EMFILE lines {emfile_lines}, tracebacks {log.count('Traceback')}")
+    print(summary)
+    assert len(socks) == 3000, summary
+    assert client["error"] is None and client["accepted"] >= 10, summary
+    assert "Traceback" not in log and "Too many open files" not in log, summary + log[-3000:]
     assert health["limits"].get("pending_evicted", 0) + \
-        health["limits"].get("file_limit_evicted", 0) >= 1000
-    assert log.count("out of file descriptors") <= 1
+        health["limits"].get("file_limit_evicted", 0) >= 1000, summary
+    # one line at most every 10 s (a loaded machine can stretch the run past one window)
+    assert emfile_lines <= 1 + (time.monotonic() - started) // 10, summary
 
 
 @pytest.mark.serial

@@ -153,10 +153,13 @@ class Machine:
 
     def _boot(self) -> None:
         self.leader = wait_for(self._find_leader, 30, what="the container's init")
-        # systemctl answers once systemd listens (until then: "Failed to connect to bus")
-        state = wait_for(lambda: self.sh("timeout 60 systemctl is-system-running --wait",
-                                         check=False, timeout=BOOT_TIMEOUT).stdout.strip(),
-                         BOOT_TIMEOUT, interval=0.2, what="the container to boot")
+        # Until systemd listens on its bus, systemctl fails to connect and prints "offline"
+        # (or nothing, by version); --wait then returns at once, so those count as not yet.
+        def settled() -> str | None:
+            state = self.sh("timeout 60 systemctl is-system-running --wait",
+                            check=False, timeout=BOOT_TIMEOUT).stdout.strip()
+            return None if state in ("", "offline", "initializing", "starting") else state
+        state = wait_for(settled, BOOT_TIMEOUT, interval=0.2, what="the container to boot")
         assert state in ("running", "degraded"), f"booted to {state!r}: " + \
             self.sh("systemctl --failed --no-legend", check=False).stdout
 
