@@ -44,15 +44,32 @@ ACK_WINDOW = 8
 ACK_HOLD_S = 1.0
 
 
-def release(frame: tuple) -> None:
-    """Ack a frame that leaves its mailbox (``frame[3]``: a one-shot list holding the ack,
-    when it was offered with one); once only, whichever comes first of leaving and
-    :data:`ACK_HOLD_S`."""
-    if frame[3]:
-        try:
-            frame[3].pop()()
-        except Exception:  # noqa: BLE001 (a dead client's ack must not stop a lane)
-            log.debug("an ack could not be released", exc_info=True)
+class Pending:
+    """A frame in a mailbox (or in a lane's hand): what goes to the pipeline, and its ack,
+    owed once, whichever comes first of leaving the mailbox and :data:`ACK_HOLD_S`."""
+    __slots__ = ("header", "jpeg", "seq", "ack", "arrived")
+
+    def __init__(self, header: bytes, jpeg: bytes, seq: int,
+                 ack: Callable[[], None] | None, arrived: float) -> None:
+        self.header = header
+        self.jpeg = jpeg
+        self.seq = seq
+        self.ack = ack
+        self.arrived = arrived
+
+    @property
+    def acked(self) -> bool:
+        """Offered without an ack (``receiveImage``), or its ack has gone out."""
+        return self.ack is None
+
+    def release(self) -> None:
+        """Ack the frame, once."""
+        ack, self.ack = self.ack, None
+        if ack is not None:
+            try:
+                ack()
+            except Exception:  # noqa: BLE001 (a dead client's ack must not stop a lane)
+                log.debug("an ack could not be released", exc_info=True)
 
 
 class Mailbox:
@@ -61,7 +78,7 @@ class Mailbox:
     __slots__ = ("frames", "counts", "session", "client", "topic", "closed")
 
     def __init__(self, session: str, counts: ClientCounts, client: str) -> None:
-        self.frames: collections.deque = collections.deque()
+        self.frames: collections.deque[Pending] = collections.deque()
         self.counts = counts
         self.session = session
         self.client = client
@@ -79,7 +96,7 @@ class Lane:
         self.ready: collections.deque[Mailbox] = collections.deque()
         self.wakeup = gevent.event.Event()
         self.in_hand = 0       # the frame being handed to the pipeline right now
-        self.frame: tuple | None = None  # that frame (its ack may be overdue)
+        self.frame: Pending | None = None  # that frame (its ack may be overdue)
 
     def add(self, box: Mailbox) -> None:
         self.ready.append(box)
@@ -132,7 +149,7 @@ class Dispatcher:
                 box.counts.dropped += len(box.frames)
                 self.waiting -= len(box.frames)
                 for frame in box.frames:
-                    release(frame)
+                    frame.release()
                 box.frames.clear()
             if not box.frames:
                 self.forget(box)
@@ -147,12 +164,12 @@ class Dispatcher:
         box = self.boxes[session]
         was_empty = not box.frames
         if len(box.frames) >= (self.depth if on_release is None else self.ack_depth):
-            release(box.frames.popleft())
+            box.frames.popleft().release()
             box.counts.dropped += 1
             self.waiting -= 1
-        box.frames.append((header, jpeg, seq, None if on_release is None else [on_release],
-                           time.monotonic()))
+        box.frames.append(Pending(header, jpeg, seq, on_release, time.monotonic()))
         self.waiting += 1
+        # wire.Frame.publish's message, with the topic packed once per mailbox (a hot path)
         self.bus_pub.send_multipart((box.topic, header, jpeg), copy=False, flags=zmq.NOBLOCK)
         if self.router is not None:
             self.router.frame(box.client, time.monotonic())
@@ -236,29 +253,28 @@ class Dispatcher:
                 lane.ready.append(box)
             elif box.closed:
                 self.forget(box)
-            header, jpeg, seq = frame[:3]
             lane.in_hand, lane.frame = 1, frame
             try:
-                sent = self.hand_over(lane, header, jpeg)
+                sent = self.hand_over(lane, frame.header, frame.jpeg)
             except BaseException:  # every frame ends in a counter, even on an error
                 box.counts.dropped += 1
-                release(frame)
+                frame.release()
                 raise
             finally:
                 lane.in_hand, lane.frame = 0, None
             if sent:
                 box.counts.dispatched += 1
-                box.counts.outstanding[seq] = time.monotonic()  # until a worker reports it
-                release(frame)
+                box.counts.outstanding[frame.seq] = time.monotonic()  # until a worker reports it
+                frame.release()
             else:
                 self.give_back(box, frame)
 
-    def give_back(self, box: Mailbox, frame: tuple) -> None:
+    def give_back(self, box: Mailbox, frame: Pending) -> None:
         """A frame whose worker went away before taking it: first in its mailbox again, and
         routed anew; unless a newer frame has filled the mailbox meanwhile (newest wins)."""
-        if len(box.frames) >= (self.depth if frame[3] is None else self.ack_depth):
+        if len(box.frames) >= (self.depth if frame.acked else self.ack_depth):
             box.counts.dropped += 1
-            release(frame)
+            frame.release()
             return
         box.frames.appendleft(frame)
         self.waiting += 1
@@ -287,16 +303,17 @@ class Dispatcher:
         released = 0
         for box in list(self.boxes.values()):
             frames = box.frames
-            while frames and frames[0][3] and now - frames[0][4] > ACK_HOLD_S:
-                release(frames.popleft())
+            while frames and not frames[0].acked and now - frames[0].arrived > ACK_HOLD_S:
+                frames.popleft().release()
                 box.counts.dropped += 1
                 self.waiting -= 1
                 released += 1
             if not frames:
                 self.unqueue(box)
         for lane in self.all_lanes():
-            if lane.frame is not None and lane.frame[3] and now - lane.frame[4] > ACK_HOLD_S:
-                release(lane.frame)
+            frame = lane.frame
+            if frame is not None and not frame.acked and now - frame.arrived > ACK_HOLD_S:
+                frame.release()
                 released += 1
         return released
 

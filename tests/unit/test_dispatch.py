@@ -5,7 +5,7 @@ from __future__ import annotations
 import gevent
 import zmq.green as zmq
 
-from camstream.ingest.dispatch import Dispatcher
+from camstream.ingest.dispatch import Dispatcher, Pending
 from camstream.ingest.ledger import ClientCounts
 
 
@@ -124,3 +124,20 @@ def test_an_ack_waits_for_its_frame_to_leave_but_never_past_the_hold():
     assert pull.recv_multipart() == [b"h2", b"jpeg"] and acks == [1, 2]
     assert counts.dispatched == 1 and counts.dropped == 1
     ctx.destroy(linger=0)
+
+
+def test_a_frame_is_acked_once_and_a_failing_ack_stops_nothing():
+    """Leaving the mailbox and the hold can both release a frame: its ack goes out once; an
+    ack that raises (its client is gone) is logged, not raised into the lane."""
+    acks = []
+    frame = Pending(b"h", b"jpeg", 1, lambda: acks.append(1), 0.0)
+    assert not frame.acked
+    frame.release()
+    frame.release()
+    assert acks == [1] and frame.acked
+
+    def gone():
+        raise ConnectionError("client gone")
+    failing = Pending(b"h", b"jpeg", 2, gone, 0.0)
+    failing.release()
+    assert failing.acked
