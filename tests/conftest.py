@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import socketio
+from xdist.scheduler import LoadScopeScheduling
 
 pytest.register_assert_rewrite("tests.helpers")  # before the import: helpers' asserts explain
 from tests.helpers import Daemon  # noqa: E402
@@ -52,42 +56,125 @@ def clients():
 # on processes, sockets and timeouts, not the CPU. Two things keep that honest:
 # - a file's tests stay on one worker, in order (module-scoped daemons, a screen, a built
 #   system, system users and the README's port 8080 are set up once per file);
-# - a test marked ``serial`` (it measures CPU time, latency or a share of frames under load)
-#   runs alone: it takes an exclusive lock that every other test takes shared.
+# - the tests marked ``serial`` (they measure CPU time, latency or a share of frames under
+#   load) are taken out of their files and run one after another on one worker, with nothing
+#   beside them: that worker holds an exclusive lock from its first serial test to its last,
+#   every other test takes it shared. One such phase waits once for the tests in flight; a
+#   serial test at a time, in its file, made every other worker wait for each of them.
 
-# a serial test first waits for the other worker's test, itself bounded by its timeout
+# the first serial test waits for the tests in flight, each bounded by its timeout
 SERIAL_WAIT = 120
+# where the workers write which tests are serial, for the controller's scheduler (it
+# collects nothing itself)
+SERIAL_IDS = "CAMSTREAM_TESTS_SERIAL_IDS"
+
+
+class FilesThenSerialScheduling(LoadScopeScheduling):
+    """``--dist loadfile``, with the serial tests of every file as one more unit."""
+
+    def schedule(self) -> None:
+        self.serial = read_serial_ids()
+        super().schedule()
+
+    def _split_scope(self, nodeid: str) -> str:
+        return "serial" if nodeid in self.serial else nodeid.split("::", 1)[0]
+
+
+def read_serial_ids() -> set[str]:
+    folder = os.environ.get(SERIAL_IDS)
+    if not folder:
+        return set()
+    ids: set[str] = set()
+    for path in Path(folder).glob("*.ids"):  # one per worker; xdist checks they agree
+        ids.update(path.read_text().splitlines())
+    return ids
+
+
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ[SERIAL_IDS] = tempfile.mkdtemp(prefix="camstream-tests-serial-")
+
+
+def pytest_unconfigure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(SERIAL_IDS):
+        shutil.rmtree(os.environ.pop(SERIAL_IDS), ignore_errors=True)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadfile":
+        return FilesThenSerialScheduling(config, log)
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("serial") and os.environ.get("PYTEST_XDIST_WORKER"):
-            own = item.get_closest_marker("timeout")
-            limit = (own.args[0] if own and own.args else
-                     own.kwargs.get("timeout") if own and "timeout" in own.kwargs else
-                     float(config.getini("timeout")))
-            item.add_marker(pytest.mark.timeout(limit + SERIAL_WAIT))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    serial = [item for item in items if item.get_closest_marker("serial")]
+    for item in serial:
+        own = item.get_closest_marker("timeout")
+        limit = (own.args[0] if own and own.args else
+                 own.kwargs.get("timeout") if own and "timeout" in own.kwargs else
+                 float(config.getini("timeout")))
+        item.add_marker(pytest.mark.timeout(limit + SERIAL_WAIT))
+    if os.environ.get(SERIAL_IDS):
+        path = Path(os.environ[SERIAL_IDS]) / f"{worker}.ids"
+        path.write_text("".join(item.nodeid + "\n" for item in serial))
+
+
+class CpuShare:
+    """This worker's hold on the run's CPU lock: none, shared or exclusive."""
+
+    def __init__(self) -> None:
+        self.files = None
+        self.mode = fcntl.LOCK_UN
+
+    def take(self, run_dir: Path, exclusive: bool) -> None:
+        want = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        if self.mode == want:
+            return
+        if self.files is None:
+            self.files = (open(run_dir / "cpu-share.turnstile", "a"),
+                          open(run_dir / "cpu-share.lock", "a"))
+        turnstile, lock = self.files
+        self.give_up()
+        # the turnstile keeps a waiting serial phase from being starved by the other
+        # workers' stream of tests: once it waits, no other test starts
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, want)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        self.mode = want
+
+    def give_up(self) -> None:
+        if self.files is not None and self.mode != fcntl.LOCK_UN:
+            fcntl.flock(self.files[1], fcntl.LOCK_UN)
+        self.mode = fcntl.LOCK_UN
+
+
+_share = CpuShare()
 
 
 @pytest.fixture(autouse=True)
 def _cpu_share(request, tmp_path_factory):
-    """Shared lock for an ordinary test, exclusive for a ``serial`` one, held from before the
-    test's own fixtures start their daemons to after they stop them. A turnstile taken first
-    keeps a waiting serial test from being starved by the other worker's stream of tests."""
+    """Shared lock for an ordinary test, exclusive for a ``serial`` one, taken before the
+    test's own fixtures start their daemons and held until they have stopped them. The
+    exclusive lock is kept into the next serial test (the phase), and given up when this
+    worker's next ordinary test starts, after the serial tests' module fixtures have stopped
+    their daemons."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing runs beside it
         yield
         return
     run_dir = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
     serial = request.node.get_closest_marker("serial") is not None
-    with open(run_dir / "cpu-share.turnstile", "a") as turnstile, \
-            open(run_dir / "cpu-share.lock", "a") as lock:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(lock, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+    _share.take(run_dir, exclusive=serial)
+    try:
+        yield
+    finally:
         if not serial:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            if serial:
-                fcntl.flock(turnstile, fcntl.LOCK_UN)
+            _share.give_up()
+
+
+def pytest_sessionfinish(session):
+    _share.give_up()

@@ -28,6 +28,13 @@ if [ -n "$missing" ]; then
     fi
 fi
 
+# The peers benchmark's Node servers (benchmarks/node_peers: socket.io 2.x and 4.x, bufferutil),
+# which tests/integration/test_bench_peers.py drives with the clients above.
+peers="$(cd "$(dirname "$0")/.." && pwd)/benchmarks/node_peers"
+if [ ! -d "$peers/node_modules/bufferutil" ]; then
+    npm ci --prefix "$peers" --silent --no-audit --no-fund
+fi
+
 # The display tests (tests/integration/test_display.py) open windows on a virtual screen: Xvfb, xdotool to
 # find windows by name, xwininfo (x11-utils), ImageMagick's import for screenshots.
 if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \

@@ -426,7 +426,8 @@ def first_commands() -> list[str]:
 def test_first_command_demo(folder, tmp_path, home, port_8080):
     """The README's first command ends in ``camstream demo``: run that part, as written, from
     an empty folder and from one holding folders named camstream/ and workers/ (the folder
-    above a clone), which must not shadow the installed package in any child."""
+    above a clone), which must not shadow the installed package in any child (that run is
+    shorter: what it checks is the imports, which happen in its first seconds)."""
     first = first_commands()[0]
     assert first == readme_line("python3 -m venv .venv && .venv/bin/pip install -e '.[gui]' "
                                 "&& .venv/bin/camstream demo")
@@ -439,14 +440,16 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
             (cwd / package).mkdir()
             (cwd / package / "__init__.py").write_text(
                 "raise ImportError('the decoy in the current folder was imported')\n")
-    r = run(demo.replace(".venv/bin/", f"{BIN}/"), cwd, home, timeout=150)
+    seconds = 20 if folder == "empty" else 5  # the demo's default, as the README runs it
+    command = demo.replace(".venv/bin/", f"{BIN}/") + ("" if seconds == 20 else " --seconds 5")
+    r = run(command, cwd, home, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "decoy" not in r.stderr
     row = re.search(r"^demo\s+\d+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", r.stdout,
                     re.M)
     assert row, r.stdout
     received, processed = int(row.group(1)), int(row.group(4))
-    assert received >= 150 and processed >= 0.9 * received, r.stdout  # 20 s at 10 fps
+    assert received >= 7.5 * seconds and processed >= 0.9 * received, r.stdout  # at 10 fps
     told = re.search(r"camstream demo: (\d+) of (\d+) frames processed", r.stderr)
     assert told and (int(told.group(1)), int(told.group(2))) == (processed, received), r.stderr
 
