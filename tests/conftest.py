@@ -62,10 +62,8 @@ def clients():
 #   every other test takes it shared. One such phase waits once for the tests in flight; a
 #   serial test at a time, in its file, made every other worker wait for each of them.
 
-# the first serial test waits for the tests in flight, each bounded by its timeout
-SERIAL_WAIT = 120
 # where the workers write which tests are serial, for the controller's scheduler (it
-# collects nothing itself)
+# collects nothing itself), and the lock files they share
 SERIAL_IDS = "CAMSTREAM_TESTS_SERIAL_IDS"
 
 
@@ -107,19 +105,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not worker:
-        return
-    serial = [item for item in items if item.get_closest_marker("serial")]
-    for item in serial:
-        own = item.get_closest_marker("timeout")
-        limit = (own.args[0] if own and own.args else
-                 own.kwargs.get("timeout") if own and "timeout" in own.kwargs else
-                 float(config.getini("timeout")))
-        item.add_marker(pytest.mark.timeout(limit + SERIAL_WAIT))
-    if os.environ.get(SERIAL_IDS):
-        path = Path(os.environ[SERIAL_IDS]) / f"{worker}.ids"
-        path.write_text("".join(item.nodeid + "\n" for item in serial))
+    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(SERIAL_IDS)
+    if worker and folder:
+        serial = [item.nodeid for item in items if item.get_closest_marker("serial")]
+        (Path(folder) / f"{worker}.ids").write_text("".join(f"{i}\n" for i in serial))
 
 
 class CpuShare:
@@ -156,19 +145,19 @@ class CpuShare:
 _share = CpuShare()
 
 
-@pytest.fixture(autouse=True)
-def _cpu_share(request, tmp_path_factory):
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
     """Shared lock for an ordinary test, exclusive for a ``serial`` one, taken before the
-    test's own fixtures start their daemons and held until they have stopped them. The
-    exclusive lock is kept into the next serial test (the phase), and given up when this
-    worker's next ordinary test starts, after the serial tests' module fixtures have stopped
-    their daemons."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing runs beside it
+    test's fixtures start their daemons and held until they have stopped them; outside
+    pytest-timeout's clock (a test waiting for the serial phase is not late: the phase is
+    bounded by its own tests' timeouts). The exclusive lock is kept into the next serial test
+    (the phase), and given up when this worker's next ordinary test starts."""
+    folder = os.environ.get(SERIAL_IDS)
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and folder):  # one process: nobody beside
         yield
         return
-    run_dir = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
-    serial = request.node.get_closest_marker("serial") is not None
-    _share.take(run_dir, exclusive=serial)
+    serial = item.get_closest_marker("serial") is not None
+    _share.take(Path(folder), exclusive=serial)
     try:
         yield
     finally:
