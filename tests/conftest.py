@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import socketio
-from xdist.scheduler import LoadScopeScheduling
+from xdist.scheduler import LoadFileScheduling
 
 pytest.register_assert_rewrite("tests.helpers")  # before the import: helpers' asserts explain
 from tests.helpers import Daemon  # noqa: E402
@@ -67,7 +67,7 @@ def clients():
 SERIAL_IDS = "CAMSTREAM_TESTS_SERIAL_IDS"
 
 
-class FilesThenSerialScheduling(LoadScopeScheduling):
+class FilesThenSerialScheduling(LoadFileScheduling):
     """``--dist loadfile``, with the serial tests of every file as one more unit."""
 
     def schedule(self) -> None:
@@ -75,7 +75,7 @@ class FilesThenSerialScheduling(LoadScopeScheduling):
         super().schedule()
 
     def _split_scope(self, nodeid: str) -> str:
-        return "serial" if nodeid in self.serial else nodeid.split("::", 1)[0]
+        return "serial" if nodeid in self.serial else super()._split_scope(nodeid)
 
 
 def read_serial_ids() -> set[str]:

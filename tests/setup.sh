@@ -16,24 +16,23 @@ if ! command -v npm >/dev/null; then  # a fresh Debian machine has no Node
         exit 1
     fi
 fi
+npm_install() {  # $1: a folder with a package.json (exactly its lockfile when it has one)
+    if [ -f "$1/package-lock.json" ]; then
+        npm ci --prefix "$1" --silent --no-audit --no-fund
+    else
+        npm install --prefix "$1" --silent --no-audit --no-fund
+    fi
+}
 missing=""
 for module in sio2 sio4 srv2 srv4; do  # the aliases of tests/js/package.json
     [ -d "$js/node_modules/$module" ] || missing="$missing $module"
 done
-if [ -n "$missing" ]; then
-    if [ -f "$js/package-lock.json" ]; then
-        npm ci --prefix "$js" --silent --no-audit --no-fund
-    else
-        npm install --prefix "$js" --silent --no-audit --no-fund
-    fi
-fi
+[ -z "$missing" ] || npm_install "$js"
 
 # The peers benchmark's Node servers (benchmarks/node_peers: socket.io 2.x and 4.x, bufferutil),
 # which tests/integration/test_bench_peers.py drives with the clients above.
 peers="$(cd "$(dirname "$0")/.." && pwd)/benchmarks/node_peers"
-if [ ! -d "$peers/node_modules/bufferutil" ]; then
-    npm ci --prefix "$peers" --silent --no-audit --no-fund
-fi
+[ -d "$peers/node_modules/bufferutil" ] || npm_install "$peers"
 
 # The display tests (tests/integration/test_display.py) open windows on a virtual screen: Xvfb, xdotool to
 # find windows by name, xwininfo (x11-utils), ImageMagick's import for screenshots.

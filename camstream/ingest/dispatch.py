@@ -47,20 +47,21 @@ ACK_HOLD_S = 1.0
 class Pending:
     """A frame in a mailbox (or in a lane's hand): what goes to the pipeline, and its ack,
     owed once, whichever comes first of leaving the mailbox and :data:`ACK_HOLD_S`."""
-    __slots__ = ("header", "jpeg", "seq", "ack", "arrived")
+    __slots__ = ("header", "jpeg", "seq", "ack", "paced", "arrived")
 
     def __init__(self, header: bytes, jpeg: bytes, seq: int,
                  ack: Callable[[], None] | None, arrived: float) -> None:
         self.header = header
         self.jpeg = jpeg
         self.seq = seq
-        self.ack = ack
+        self.ack = ack               # until it has gone out
+        self.paced = ack is not None  # offered with an ack: its client paces itself on them
         self.arrived = arrived
 
     @property
-    def acked(self) -> bool:
-        """Offered without an ack (``receiveImage``), or its ack has gone out."""
-        return self.ack is None
+    def owed(self) -> bool:
+        """Its ack has not gone out yet."""
+        return self.ack is not None
 
     def release(self) -> None:
         """Ack the frame, once."""
@@ -163,7 +164,7 @@ class Dispatcher:
         """Mail a frame; ``on_release`` (its ack) is called once it leaves the mailbox."""
         box = self.boxes[session]
         was_empty = not box.frames
-        if len(box.frames) >= (self.depth if on_release is None else self.ack_depth):
+        if len(box.frames) >= self.room(on_release is not None):
             box.frames.popleft().release()
             box.counts.dropped += 1
             self.waiting -= 1
@@ -175,6 +176,11 @@ class Dispatcher:
             self.router.frame(box.client, time.monotonic())
         if was_empty:
             self.enqueue(box)
+
+    def room(self, paced: bool) -> int:
+        """Frames a mailbox holds before its oldest is dropped: a paced client's window, or
+        ``queue_depth`` (newest wins)."""
+        return self.ack_depth if paced else self.depth
 
     def lane_for(self, box: Mailbox) -> Lane | None:
         if self.router is None:
@@ -272,7 +278,7 @@ class Dispatcher:
     def give_back(self, box: Mailbox, frame: Pending) -> None:
         """A frame whose worker went away before taking it: first in its mailbox again, and
         routed anew; unless a newer frame has filled the mailbox meanwhile (newest wins)."""
-        if len(box.frames) >= (self.depth if frame.acked else self.ack_depth):
+        if len(box.frames) >= self.room(frame.paced):
             box.counts.dropped += 1
             frame.release()
             return
@@ -303,7 +309,7 @@ class Dispatcher:
         released = 0
         for box in list(self.boxes.values()):
             frames = box.frames
-            while frames and not frames[0].acked and now - frames[0].arrived > ACK_HOLD_S:
+            while frames and frames[0].owed and now - frames[0].arrived > ACK_HOLD_S:
                 frames.popleft().release()
                 box.counts.dropped += 1
                 self.waiting -= 1
@@ -312,7 +318,7 @@ class Dispatcher:
                 self.unqueue(box)
         for lane in self.all_lanes():
             frame = lane.frame
-            if frame is not None and not frame.acked and now - frame.arrived > ACK_HOLD_S:
+            if frame is not None and frame.owed and now - frame.arrived > ACK_HOLD_S:
                 frame.release()
                 released += 1
         return released

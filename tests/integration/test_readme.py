@@ -440,8 +440,11 @@ def test_first_command_demo(folder, tmp_path, home, port_8080):
             (cwd / package).mkdir()
             (cwd / package / "__init__.py").write_text(
                 "raise ImportError('the decoy in the current folder was imported')\n")
-    seconds = 20 if folder == "empty" else 5  # the demo's default, as the README runs it
-    command = demo.replace(".venv/bin/", f"{BIN}/") + ("" if seconds == 20 else " --seconds 5")
+    command = demo.replace(".venv/bin/", f"{BIN}/")
+    seconds = 20  # the demo's default, as the README runs it
+    if folder != "empty":
+        seconds = 5
+        command += f" --seconds {seconds}"
     r = run(command, cwd, home, timeout=150)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "decoy" not in r.stderr
