@@ -9,6 +9,7 @@ one (a dummy hash is checked), so timing does not tell which names exist.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -64,7 +65,11 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
                           maxmem=256 * n * r * p, dklen=32)
 
 
-_DUMMY = Hash.make(secrets.token_hex(16))
+@functools.cache
+def _dummy() -> Hash:
+    """What an unknown name's password is checked against (made on the first check, known
+    name or not, rather than at import: every process that imports this pays 50 ms)."""
+    return Hash.make(secrets.token_hex(16))
 
 
 def check_name(name: str) -> str:
@@ -136,8 +141,9 @@ class Users:
         """Constant work whether or not the user exists."""
         if not isinstance(password, str):
             password = ""
+        dummy = _dummy()
         h = self.hashes.get(name) if isinstance(name, str) else None
-        ok = (h or _DUMMY).matches(password)
+        ok = (h or dummy).matches(password)
         return ok and h is not None
 
     def __len__(self) -> int:

@@ -128,6 +128,14 @@ class Ingest(Handlers):
     def _malformed(e: Exception) -> None:
         log.warning("ignoring a malformed stats message: %r", e)
 
+    def close(self) -> None:
+        """What ``ctx.destroy()`` cannot close: the sockets on the plain shadow context (it
+        does not know them, and its ``term`` waits for them forever) and the ZAP thread."""
+        self.stats_sub.close(linger=0)
+        self.bus_pub.close(linger=200)  # the last events still leave
+        if self.zap is not None:
+            self.zap.stop()
+
     def listen_results(self, ctx: zmq.Context) -> None:
         """--emit-results: each worker result goes back, as a ``result`` event, to the
         connection that sent the frame (header.session). A greenlet of its own on the bus,
@@ -502,10 +510,7 @@ def main() -> int:
     log.info("closed %d client connections (they reconnect when camstream is back)", closed)
     gevent.sleep(0.1)  # the closes and the last poll answers leave
     gevent.killall(tasks + ingest.dispatcher.greenlets)
-    ingest.stats_sub.close(linger=0)
-    ingest.bus_pub.close(linger=200)
-    if ingest.zap is not None:
-        ingest.zap.stop()
+    ingest.close()
     ctx.destroy(linger=int(config.stop_timeout / 2 * 1000))  # what is in flight still leaves
     log.info("stopped")
     return 0

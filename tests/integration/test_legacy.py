@@ -201,11 +201,14 @@ class InProcessServer:
             gevent.sleep(0.05)
         server.stop(timeout=1)
         app.close()
+        gevent.killall(self.ingest.dispatcher.greenlets)
+        self.ingest.close()
         ctx.destroy(linger=0)
 
     def stop(self) -> None:
         self.stopping = True
         self.thread.join(10)
+        assert not self.thread.is_alive(), "the in-process server did not stop"
 
 
 @pytest.fixture
