@@ -2,7 +2,6 @@
 The helpers they use (and the tests import) are in tests/helpers."""
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -14,6 +13,7 @@ from xdist.scheduler import LoadFileScheduling
 
 pytest.register_assert_rewrite("tests.helpers")  # before the import: helpers' asserts explain
 from tests.helpers import Daemon  # noqa: E402
+from tests.helpers.cpushare import CpuShare  # noqa: E402
 
 
 @pytest.fixture
@@ -57,25 +57,34 @@ def clients():
 # - a file's tests stay on one worker, in order (module-scoped daemons, a screen, a built
 #   system, system users and the README's port 8080 are set up once per file);
 # - the tests marked ``serial`` (they measure CPU time, latency or a share of frames under
-#   load) are taken out of their files and run one after another on one worker, with nothing
-#   beside them: that worker holds an exclusive lock from its first serial test to its last,
-#   every other test takes it shared. One such phase waits once for the tests in flight; a
-#   serial test at a time, in its file, made every other worker wait for each of them.
+#   load) are taken out of their files and dealt first, one at a time, to whichever worker
+#   asks; at most two of them run at once, and never beside an ordinary test (four
+#   workers starting daemons keep both cores busy; a serial test mostly waits: vmstat over
+#   the serial tests one at a time said 5-45 % of the machine, 22 % on average). The lock:
+#   tests/helpers/cpushare.py.
 
 # where the workers write which tests are serial, for the controller's scheduler (it
 # collects nothing itself), and the lock files they share
 SERIAL_IDS = "CAMSTREAM_TESTS_SERIAL_IDS"
 
 
-class FilesThenSerialScheduling(LoadFileScheduling):
-    """``--dist loadfile``, with the serial tests of every file as one more unit."""
+class SerialFirstScheduling(LoadFileScheduling):
+    """``--dist loadfile``, with each serial test a unit of its own, dealt before the files."""
 
     def schedule(self) -> None:
         self.serial = read_serial_ids()
+        self.serial_first = False
         super().schedule()
 
     def _split_scope(self, nodeid: str) -> str:
-        return "serial" if nodeid in self.serial else super()._split_scope(nodeid)
+        return nodeid if nodeid in self.serial else super()._split_scope(nodeid)
+
+    def _assign_work_unit(self, node) -> None:
+        if not self.serial_first:  # the queue is built: the serial tests to its front
+            for scope in reversed([s for s in self.workqueue if s in self.serial]):
+                self.workqueue.move_to_end(scope, last=False)
+            self.serial_first = True
+        super()._assign_work_unit(node)
 
 
 def read_serial_ids() -> set[str]:
@@ -100,7 +109,7 @@ def pytest_unconfigure(config):
 
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") == "loadfile":
-        return FilesThenSerialScheduling(config, log)
+        return SerialFirstScheduling(config, log)
     return None
 
 
@@ -111,53 +120,22 @@ def pytest_collection_modifyitems(config, items):
         (Path(folder) / f"{worker}.ids").write_text("".join(f"{i}\n" for i in serial))
 
 
-class CpuShare:
-    """This worker's hold on the run's CPU lock: none, shared or exclusive."""
-
-    def __init__(self) -> None:
-        self.files = None
-        self.mode = fcntl.LOCK_UN
-
-    def take(self, run_dir: Path, exclusive: bool) -> None:
-        want = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        if self.mode == want:
-            return
-        if self.files is None:
-            self.files = (open(run_dir / "cpu-share.turnstile", "a"),
-                          open(run_dir / "cpu-share.lock", "a"))
-        turnstile, lock = self.files
-        self.give_up()
-        # the turnstile keeps a waiting serial phase from being starved by the other
-        # workers' stream of tests: once it waits, no other test starts
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(lock, want)
-        finally:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        self.mode = want
-
-    def give_up(self) -> None:
-        if self.files is not None and self.mode != fcntl.LOCK_UN:
-            fcntl.flock(self.files[1], fcntl.LOCK_UN)
-        self.mode = fcntl.LOCK_UN
-
-
 _share = CpuShare()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Shared lock for an ordinary test, exclusive for a ``serial`` one, taken before the
-    test's fixtures start their daemons and held until they have stopped them; outside
-    pytest-timeout's clock (a test waiting for the serial phase is not late: the phase is
-    bounded by its own tests' timeouts). The exclusive lock is kept into the next serial test
-    (the phase), and given up when this worker's next ordinary test starts."""
+    """Every lane shared for an ordinary test, one lane for a ``serial`` one, taken before
+    the test's fixtures start their daemons and held until they have stopped them; outside
+    pytest-timeout's clock (a test waiting for the serial tests is not late: they are bounded
+    by their own timeouts). A lane is kept into this worker's next serial test, and given up
+    when its next ordinary test starts."""
     folder = os.environ.get(SERIAL_IDS)
     if not (os.environ.get("PYTEST_XDIST_WORKER") and folder):  # one process: nobody beside
         yield
         return
     serial = item.get_closest_marker("serial") is not None
-    _share.take(Path(folder), exclusive=serial)
+    _share.take(Path(folder), serial)
     try:
         yield
     finally:
