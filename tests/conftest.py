@@ -73,17 +73,14 @@ class SerialFirstScheduling(LoadFileScheduling):
 
     def schedule(self) -> None:
         self.serial = read_serial_ids()
-        self.serial_first = False
         super().schedule()
 
     def _split_scope(self, nodeid: str) -> str:
         return nodeid if nodeid in self.serial else super()._split_scope(nodeid)
 
     def _assign_work_unit(self, node) -> None:
-        if not self.serial_first:  # the queue is built: the serial tests to its front
-            for scope in reversed([s for s in self.workqueue if s in self.serial]):
-                self.workqueue.move_to_end(scope, last=False)
-            self.serial_first = True
+        for scope in reversed([s for s in self.workqueue if s in self.serial]):
+            self.workqueue.move_to_end(scope, last=False)  # the serial tests left go first
         super()._assign_work_unit(node)
 
 

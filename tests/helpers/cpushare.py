@@ -24,7 +24,7 @@ class CpuShare:
             return
         if self.files is None:
             self.files = (open(run_dir / "cpu-share.turnstile", "a"),
-                          open(run_dir / "cpu-share.lock", "a+"))  # a+: a shared record lock reads
+                          open(run_dir / "cpu-share.lock", "a+"))  # a+: a shared lock needs read access
         turnstile, lock = self.files
         self.give_up()
         # the turnstile keeps a waiting serial test from being starved by the other
