@@ -73,16 +73,18 @@ class Ingest(Handlers):
         offer, self.to = bus.offered(config), bus.reached(config)
         self.binds = bus.IpcBinds()  # checked by the heartbeat: a removed file is bound again
         self.zap = offer.curve.authenticator(ctx) if offer else None  # before the tcp bind
+        # plain sockets: PUB never blocks, stats are polled, and the pipeline is sent to
+        # without blocking, its wait for room green (Dispatcher.hand_over); pyzmq's gevent
+        # sockets cost 20 us more per send (a getsockopt and wake-ups)
+        plain = zmq_plain.Context.shadow(ctx.underlying)
         if config.route == "client":  # one pipeline per local worker (camstream.ingest.routing)
             self.frames_push = None
             router = Router(expected=config.workers)
             ledger.owners = router.owner  # shown in /healthz
         else:
-            self.frames_push = bus.frames_push(ctx, config.runtime_dir, config.worker_hwm,
+            self.frames_push = bus.frames_push(plain, config.runtime_dir, config.worker_hwm,
                                                offer=offer, to=self.to, binds=self.binds)
             router = None
-        # PUB never blocks and stats are polled: plain sockets, without gevent's wake-ups
-        plain = zmq_plain.Context.shadow(ctx.underlying)
         # an ingest node also publishes on its supervisor's local bus: its heartbeat does not
         # depend on the pool being there
         self.bus_pub = bus.bus_pub(plain, config.runtime_dir, to=self.to,
@@ -94,8 +96,8 @@ class Ingest(Handlers):
         self.pool_was_missing = False
         self.dispatcher = Dispatcher(
             self.frames_push, self.bus_pub, config.queue_depth, router=router,
-            worker_push=lambda i: bus.worker_push(ctx, config.runtime_dir, i, config.worker_hwm,
-                                                  self.binds))
+            worker_push=lambda i: bus.worker_push(plain, config.runtime_dir, i,
+                                                  config.worker_hwm, self.binds))
         super().__init__(config, users, ledger, self.dispatcher, self.bus_pub.send_multipart,
                          later=gevent.spawn_later, blocking=run_in_threadpool, pause=gevent.sleep)
         self.registry = prometheus_client.CollectorRegistry()
@@ -128,9 +130,12 @@ class Ingest(Handlers):
     def _malformed(e: Exception) -> None:
         log.warning("ignoring a malformed stats message: %r", e)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
         """What ``ctx.destroy()`` cannot close: the sockets on the plain shadow context (it
-        does not know them, and its ``term`` waits for them forever) and the ZAP thread."""
+        does not know them, and its ``term`` waits for them forever) and the ZAP thread.
+        Frames already in the pipeline have ``linger_ms`` to reach a worker."""
+        for lane in self.dispatcher.all_lanes():
+            lane.push.close(linger=linger_ms)
         self.stats_sub.close(linger=0)
         self.bus_pub.close(linger=200)  # the last events still leave
         if self.zap is not None:
@@ -510,8 +515,9 @@ def main() -> int:
     log.info("closed %d client connections (they reconnect when camstream is back)", closed)
     gevent.sleep(0.1)  # the closes and the last poll answers leave
     gevent.killall(tasks + ingest.dispatcher.greenlets)
-    ingest.close()
-    ctx.destroy(linger=int(config.stop_timeout / 2 * 1000))  # what is in flight still leaves
+    linger_ms = int(config.stop_timeout / 2 * 1000)  # what is in flight still leaves
+    ingest.close(linger_ms)
+    ctx.destroy(linger=linger_ms)
     log.info("stopped")
     return 0
 

@@ -4,7 +4,8 @@ Each connection has a small mailbox (``queue_depth`` frames). A new frame goes i
 if the mailbox is full the *oldest* frame in it is dropped and counted: the newest frames win,
 so a processed frame is never older than the pipeline's few slots. A **lane** (a PUSH socket
 and the sessions waiting to send into it) is drained round-robin by a greenlet of its own
-(pyzmq's gevent API: a full pipeline parks that greenlet only), so a 1 Hz camera gets its turn
+(plain ZeroMQ sockets sent to without blocking; a full pipeline parks that greenlet only, in
+a gevent poll), so a 1 Hz camera gets its turn
 beside a 30 Hz one. There is one lane, the shared PUSH that deals frames to any free worker;
 with ``--route client`` there is one lane per worker instead, and the
 :class:`~camstream.ingest.routing.Router` says which lane each client's frames take: a full or dead
@@ -29,7 +30,7 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
-import zmq.green as zmq
+import zmq
 
 from camstream import wire
 from camstream.ingest.routing import Router
@@ -89,10 +90,14 @@ class Mailbox:
 
 class Lane:
     """A PUSH socket and, in round-robin order, the mailboxes whose next frame goes into it."""
-    __slots__ = ("push", "worker", "ready", "wakeup", "in_hand", "frame")
+    __slots__ = ("push", "room", "worker", "ready", "wakeup", "in_hand", "frame")
 
     def __init__(self, push: zmq.Socket, worker: int | None = None) -> None:
         self.push = push
+        # ZeroMQ's notification fd, watched for as long as the lane lives (a poll per wait
+        # would add and remove an epoll watcher each time: the pipeline is full at every frame
+        # when ingest outpaces the workers)
+        self.room = gevent.get_hub().loop.io(push.getsockopt(zmq.FD), 1)
         self.worker = worker   # --route client: the worker index behind it
         self.ready: collections.deque[Mailbox] = collections.deque()
         self.wakeup = gevent.event.Event()
@@ -102,6 +107,14 @@ class Lane:
     def add(self, box: Mailbox) -> None:
         self.ready.append(box)
         self.wakeup.set()
+
+
+def wait_for_room(lane: Lane, timeout: float) -> None:
+    """Park until the lane's PUSH can take a message, or ``timeout`` s. ZeroMQ's fd only says
+    "look at ZMQ_EVENTS" (edge-triggered), so the events are read before each wait."""
+    with gevent.Timeout(timeout, False):
+        while not lane.push.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            gevent.get_hub().wait(lane.room)
 
 
 class Dispatcher:
@@ -299,7 +312,7 @@ class Dispatcher:
             except zmq.Again:
                 if lane.worker is not None and not self.router.alive(lane.worker):
                     return False
-                lane.push.poll(100, zmq.POLLOUT)
+                wait_for_room(lane, 0.1)
 
     def release_overdue(self, now: float) -> int:
         """Ingest's heartbeat (twice a second): frames that have waited :data:`ACK_HOLD_S` for

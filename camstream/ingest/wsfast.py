@@ -1,24 +1,26 @@
-"""gevent-websocket, made fast and bounded, by replacing four of its methods at ingest start
+"""gevent-websocket, made fast and bounded, by replacing three of its methods at ingest start
 (gevent-websocket itself is not forked):
 
 - ``Header.mask_payload``: gevent-websocket unmasks every client frame with a per-byte Python
   loop, 12 ms for a 60 KB JPEG, the stock stack's whole ceiling; this is a numpy XOR over
   32-bit words (plus the 0-3 trailing bytes).
-- ``WebSocket.read_frame``: gevent-websocket reads a frame of any announced length into memory
-  (a header announcing 2 GiB, then 300 MB of it, took ingest from 58 to 373 MB); this checks
-  the announced length, and the message's length so far (``read_message`` counts it),
-  against the limit before reading the payload.
+- ``WebSocket.read_message``: gevent-websocket reads a frame of any announced length into
+  memory (a header announcing 2 GiB, then 300 MB of it, took ingest from 58 to 373 MB), copies
+  every message into a bytearray and validates text with a UTF-8 validator written in Python;
+  :func:`read_ws_message` checks each frame's announced length, and the message's so far,
+  against the limit before reading the payload, and returns a one-frame message as read.
 - ``WebSocket.receive``: a message over the limit closes the websocket with 1009 (message too
   big), one log line.
 
 The payload is read straight from the socket into a reused buffer (``readinto``) and unmasked
 out of it by ``websockets.speedups.apply_mask`` (C): one copy, which is the frame handed on.
-Also here, for both protocol revisions: :func:`parse_frame_event`, which recognises the one
-packet that carries a camera frame without the generic Socket.IO decoder, and
-:class:`AckWriter`, which writes the acks released in one loop turn as one ``send``.
+Also here, for both protocol revisions: :func:`read_ws_message` itself, :func:`parse_frame_event`,
+which recognises the one packet that carries a camera frame without the generic Socket.IO
+decoder, and :class:`AckWriter`, which writes the acks released in one loop turn as one ``send``.
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import json
 import logging
@@ -28,6 +30,7 @@ import struct
 
 import gevent
 import gevent.lock
+import gevent.ssl
 
 import numpy as np
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
@@ -111,34 +114,101 @@ def check_length(header: Header, so_far: int, limit: int) -> None:
                             f"(the limit is {limit})")
 
 
+def read_header(read) -> Header:
+    """A frame's header from ``read`` (the stream's): gevent-websocket's ``decode_header``
+    with one read for the fixed part and the mask where it can (it reads three times)."""
+    data = read(2)
+    if len(data) != 2:
+        raise WebSocketError("Unexpected EOF while decoding header")
+    first, second = data
+    header = Header(fin=first & 0x80 == 0x80, opcode=first & 0x0F, flags=first & 0x70,
+                    length=second & 0x7F)
+    extra = (2 if header.length == 126 else 8 if header.length == 127 else 0)
+    masked = second & 0x80
+    if extra or masked:
+        data = read(extra + (4 if masked else 0))
+        if len(data) != extra + (4 if masked else 0):
+            raise WebSocketError("Unexpected EOF while decoding header")
+        if extra:
+            header.length = int.from_bytes(data[:extra], "big")
+        if masked:
+            header.mask = data[extra:]
+    return header
+
+
+def read_ws_message(ws: WebSocket, limit: int, lock=None,
+                    answer_close: bool = True) -> str | bytes | bytearray | None:
+    """The next text or binary message, or None when the peer closed; the lean reader of
+    both protocol revisions. Each frame's announced length is checked against ``limit``
+    before its payload is read (MessageTooBig); pings are answered under ``lock``; with
+    ``answer_close``, a close frame is answered as gevent-websocket does (``handle_close``).
+    A message of one frame, what clients send, is its payload as read: no copy into a
+    bytearray, and its text validated as UTF-8 by ``bytes.decode`` (in C, once; a fragmented
+    one fails at its first bad fragment), where gevent-websocket runs a validator written
+    in Python over every byte."""
+    read = ws.stream.read
+    opcode = decoder = None
+    parts: list = []
+    size = 0
+    while True:
+        header = read_header(read)
+        if header.flags:
+            raise ProtocolError("websocket frame with reserved bits set (no extension agreed)")
+        op = header.opcode
+        if op >= 8:
+            if not header.fin:
+                raise ProtocolError("fragmented websocket control frame")
+            check_length(header, 0, limit)  # a control frame: 125 bytes at most
+            payload = read_payload(ws, header.length, header.mask) if header.length else b""
+            if op == WebSocket.OPCODE_PING:
+                with lock or _no_lock:
+                    ws.send_frame(payload, WebSocket.OPCODE_PONG)
+                continue
+            if op == WebSocket.OPCODE_PONG:
+                continue
+            if op == WebSocket.OPCODE_CLOSE:
+                if answer_close:
+                    with lock or _no_lock:
+                        ws.handle_close(header, payload)
+                return None
+            raise ProtocolError(f"unknown websocket opcode {op}")
+        if op in (WebSocket.OPCODE_TEXT, WebSocket.OPCODE_BINARY):
+            if opcode is not None:
+                raise ProtocolError("new websocket message inside a fragmented one")
+            opcode = op
+        elif op != WebSocket.OPCODE_CONTINUATION or opcode is None:
+            raise ProtocolError(f"unexpected websocket opcode {op}")
+        check_length(header, size, limit)  # MessageTooBig, before the payload is read
+        size += header.length
+        payload = read_payload(ws, header.length, header.mask) if header.length else b""
+        if header.fin and not parts:
+            message = payload
+            break
+        if opcode == WebSocket.OPCODE_TEXT:  # fragments: each checked as it comes
+            decoder = decoder or codecs.getincrementaldecoder("utf-8")()
+            parts.append(decoder.decode(payload, final=header.fin))
+        else:
+            parts.append(payload)
+        if header.fin:
+            return "".join(parts) if decoder else b"".join(parts)
+    return message.decode("utf-8") if opcode == WebSocket.OPCODE_TEXT else message
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_no_lock = _NoLock()
 _stock_receive = WebSocket.receive
-_stock_read_message = WebSocket.read_message
-# bytes of the message being read, per websocket (gevent-websocket's WebSocket has __slots__):
-# an entry lives only while its read_message runs
-_reading: dict[int, int] = {}
 
 
 def read_message(self: WebSocket):
-    """gevent-websocket's ``read_message``, counting the message's bytes for ``read_frame``."""
-    _reading[id(self)] = 0
-    try:
-        return _stock_read_message(self)
-    finally:
-        _reading.pop(id(self), None)
-
-
-def read_frame(self: WebSocket):
-    """gevent-websocket's ``read_frame``, the length checked before the payload is read."""
-    header = Header.decode_header(self.stream)
-    if header.flags:
-        raise ProtocolError("reserved bits set")
-    so_far = _reading.get(id(self), 0)
-    check_length(header, so_far, WebSocket.max_message)
-    if header.opcode < 8:
-        _reading[id(self)] = so_far + header.length
-    if not header.length:
-        return header, b""
-    return header, read_payload(self, header.length, header.mask)
+    """gevent-websocket's ``read_message``, as :func:`read_ws_message` (bounded, lean)."""
+    return read_ws_message(self, WebSocket.max_message)
 
 
 def receive(self: WebSocket):
@@ -184,35 +254,67 @@ def ack_text(ack_id: int, result) -> str:
 
 class AckWriter:
     """Writes a websocket's acks without its writer greenlet: those released in one loop turn
-    go out as one ``sendall`` of their frames, from a greenlet of their own (a dispatcher
-    releasing an ack must never wait for a client's socket). ``lock`` is held by everything
-    else that writes on the websocket, so frames never interleave."""
+    go out as one ``send`` of their frames, at the end of the turn. The send is tried from the
+    hub, without blocking (no greenlet per ack: a greenlet's start maps and unmaps a stack, a
+    quarter of an ack's cost); what the socket cannot take at once, or a TLS socket, goes on
+    from a greenlet of its own (a dispatcher releasing an ack must never wait for a client's
+    socket). ``lock`` is held by everything else that writes on the websocket, so frames
+    never interleave."""
 
-    __slots__ = ("ws", "lock", "pending", "flushing")
+    __slots__ = ("ws", "lock", "pending", "scheduled", "flushing")
 
     def __init__(self, ws: WebSocket, lock: gevent.lock.RLock) -> None:
         self.ws = ws
         self.lock = lock
         self.pending: list[bytes] = []
-        self.flushing = False
+        self.scheduled = False  # a send at the end of this loop turn is due
+        self.flushing = False   # a greenlet is writing: what comes meanwhile is its to write
 
     def write(self, text: str) -> None:
         """Queue one text message; it leaves once this loop turn is over."""
         self.pending.append(text.encode())
-        if not self.flushing:
-            self.flushing = True
-            gevent.spawn(self.flush)
+        if not self.scheduled and not self.flushing:
+            self.scheduled = True
+            gevent.get_hub().loop.run_callback(self.send_now)
 
-    def flush(self) -> None:
+    def wire(self) -> bytes:
+        batch, self.pending = self.pending, []
+        return b"".join(Header.encode_header(True, WebSocket.OPCODE_TEXT, b"", len(p), 0) + p
+                        for p in batch)
+
+    def send_now(self) -> None:
+        """From the hub: what the socket takes without waiting, the rest from a greenlet."""
+        self.scheduled = False
+        if self.flushing or not self.pending:
+            return
+        if self.ws.closed:
+            self.pending.clear()
+            return
         try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                wire = b"".join(Header.encode_header(True, WebSocket.OPCODE_TEXT, b"",
-                                                     len(p), 0) + p for p in batch)
+            sock = self.ws.handler.socket
+            rest = wire = self.wire()
+            if not isinstance(sock, gevent.ssl.SSLSocket) and self.lock.acquire(blocking=False):
+                try:
+                    rest = wire[sock.send(wire, 0, 0.0):]  # timeout 0: never waits
+                except BlockingIOError:
+                    pass
+                finally:
+                    self.lock.release()
+        except (WebSocketError, OSError, AttributeError):
+            self.pending.clear()  # a dead socket: its reader sees it too and closes the session
+            return
+        if rest:
+            self.flushing = True
+            gevent.spawn(self.flush, rest)
+
+    def flush(self, rest: bytes) -> None:
+        try:
+            while rest:
                 if self.ws.closed:
                     return
                 with self.lock:
-                    self.ws.stream.write(wire)
+                    self.ws.stream.write(rest)
+                rest = self.wire() if self.pending else b""
         except (WebSocketError, OSError, AttributeError):
             pass  # a dead socket: its reader sees it too and closes the session
         finally:
@@ -246,6 +348,5 @@ def install(max_message: int = 1 << 62, hits: collections.Counter | None = None)
     Header.mask_payload = unmask
     Header.unmask_payload = unmask
     WebSocket.max_message = max_message
-    WebSocket.read_frame = read_frame
     WebSocket.read_message = read_message
     WebSocket.receive = receive

@@ -75,15 +75,19 @@ HOOKS = [
     (engineio.base_socket.BaseSocket, "__init__", "EngineIOSocket reads last_ping, closing, "
      "closed, upgraded, queue, server", "c515a4a579e7a5ff"),
     # camstream/ingest/wsfast.py and eio3/transport.py: gevent-websocket's frame reader
-    (WebSocket, "read_frame", "wsfast.read_frame replaces it", "a424c013bf274139"),
-    (WebSocket, "read_message", "wsfast.read_message wraps it (it must call read_frame)",
-     "bdc84e5172110c84"),
+    (WebSocket, "read_message", "wsfast.read_message replaces it (wsfast.read_ws_message: "
+     "the same frames, errors and close handling)", "bdc84e5172110c84"),
     (WebSocket, "receive", "wsfast.receive wraps it (MessageTooBig from read_message)", "ca1b837d8419cd1b"),
+    (WebSocket, "handle_close", "wsfast.read_ws_message answers a close frame with it",
+     "03732c0a18ca9945"),
     (WebSocket, "close", "wsfast.close_with sets closed, then close()", "88b98d94de07858a"),
-    (WebSocket, "send_frame", "wsfast.close_with, eio3.transport.read_ws_message", "00f16c255a7bcfe4"),
+    (WebSocket, "send_frame", "wsfast.close_with, wsfast.read_ws_message (pongs)", "00f16c255a7bcfe4"),
     (Header, "mask_payload", "wsfast.unmask replaces it", "f18106ad71738e81"),
     (Header, "unmask_payload", "wsfast.unmask replaces it", "dbef3bea0fe7dd3c"),
-    (Header, "decode_header", "wsfast.read_frame, eio3.transport.read_ws_message", "4ccc44ca247e9420"),
+    (Header, "decode_header", "wsfast.read_header does its work, with the same checks",
+     "4ccc44ca247e9420"),
+    (Header, "__init__", "wsfast.read_header: Header(fin, opcode, flags, length), .mask",
+     "717be12982b07985"),
     # camstream/ingest/httpguard.py and app.py: gevent's server and the request handler
     (WebSocketHandler, "handle_one_request", "httpguard.GuardedHandler: the header timer",
      "ce0d1539e51eecd2"),

@@ -61,8 +61,9 @@ import gevent
 import gevent.lock
 import gevent.queue
 from engineio.packet import NOOP
+from geventwebsocket.exceptions import ProtocolError as WsProtocolError
 from geventwebsocket.exceptions import WebSocketError
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import WebSocket
 
 from camstream.ingest.eio3.codec import (
     MAX_PAYLOAD_PACKETS,
@@ -81,7 +82,8 @@ from camstream.ingest.eio3.session import (
     Session,
 )
 from camstream.ingest.handlers import UNHANDLED, Conn
-from camstream.ingest.wsfast import CLOSE_TOO_BIG, MessageTooBig, check_length, close_with
+from camstream.ingest import wsfast
+from camstream.ingest.wsfast import CLOSE_TOO_BIG, MessageTooBig, close_with
 
 log = logging.getLogger("camstream.legacy")
 
@@ -92,60 +94,17 @@ BINARY_TYPE = "application/octet-stream"
 
 # -- websocket reading, bounded --------------------------------------------------------------
 
-def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytearray | None:
-    """The next text or binary message, or None when the peer closed.
-
-    gevent-websocket's own ``receive`` reads a frame of any announced length into memory; this
-    checks the announced length against ``limit`` before reading the payload. Pings are
-    answered here, under the session's send lock.
-    """
-    message = None
-    opcode = None
-    size = 0
-    while True:
-        header = Header.decode_header(ws.stream)
-        if header.flags:
-            raise ProtocolError("websocket frame with reserved bits set (no extension agreed)")
-        op = header.opcode
-        if op >= 8:
-            check_length(header, 0, limit)  # a control frame: 125 bytes at most
-            payload = ws.raw_read(header.length) if header.length else b""
-            if header.mask and payload:
-                payload = header.unmask_payload(payload)
-            if op == WebSocket.OPCODE_PING:
-                with lock:
-                    ws.send_frame(bytes(payload), WebSocket.OPCODE_PONG)
-                continue
-            if op == WebSocket.OPCODE_PONG:
-                continue
-            if op == WebSocket.OPCODE_CLOSE:
-                return None
-            raise ProtocolError(f"unknown websocket opcode {op}")
-        if op in (WebSocket.OPCODE_TEXT, WebSocket.OPCODE_BINARY):
-            if opcode is not None:
-                raise ProtocolError("new websocket message inside a fragmented one")
-            opcode = op
-        elif op != WebSocket.OPCODE_CONTINUATION or opcode is None:
-            raise ProtocolError(f"unexpected websocket opcode {op}")
-        check_length(header, size, limit)  # MessageTooBig, before the payload is read
-        size += header.length
-        payload = ws.raw_read(header.length) if header.length else b""
-        if len(payload) != header.length:
-            raise WebSocketError("unexpected EOF in a websocket frame")
-        if header.mask and payload:
-            payload = header.unmask_payload(payload)  # a fresh bytearray (camstream.ingest.wsfast)
-        if message is None:
-            message = payload if isinstance(payload, bytearray) else bytearray(payload)
-        else:
-            message += payload
-        if header.fin:
-            break
-    if opcode == WebSocket.OPCODE_TEXT:
-        try:
-            return message.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("websocket text message is not UTF-8") from None
-    return message
+def read_ws_message(ws: WebSocket, limit: int, lock) -> str | bytes | None:
+    """The next text or binary message, or None when the peer closed
+    (:func:`camstream.ingest.wsfast.read_ws_message`: bounded before a payload is read,
+    pings answered under the session's send lock); what breaks the websocket protocol is a
+    ProtocolError of this revision's."""
+    try:
+        return wsfast.read_ws_message(ws, limit, lock, answer_close=False)
+    except UnicodeDecodeError:
+        raise ProtocolError("websocket text message is not UTF-8") from None
+    except WsProtocolError as e:
+        raise ProtocolError(str(e)) from None
 
 
 # -- a session's transport ---------------------------------------------------------------------
