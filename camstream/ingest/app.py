@@ -353,7 +353,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
 
     def frame_acked_later(sid, args: tuple, ack) -> None:
         """``frame`` with its ack deferred (sioserver: the lean websocket path, and every
-        ``frame`` that asks for an ack); it yields, as every handler."""
+        ``frame`` that asks for an ack); it yields now and then, as every handler."""
         conn = ingest.conns.get(sid)
         try:
             if conn is None:
@@ -361,7 +361,7 @@ def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:
             else:
                 ingest.on_frame(conn, args, ack)
         finally:
-            gevent.sleep(0)
+            wsfast.yield_now_and_then()
     sio.on_frame = frame_acked_later
 
     @sio.on("*")

@@ -530,7 +530,7 @@ class LegacyServer:
                 if message is None:
                     break
                 session.receive(*decode_packet(message))
-                gevent.sleep(0)  # a socket read does not yield while data waits
+                wsfast.yield_now_and_then()
         except ProtocolError as e:
             if not session.closed:
                 session.protocol_error(str(e))
