@@ -201,7 +201,11 @@ def worker_push(ctx: zmq.Context, runtime_dir: str, index: int, hwm: int,
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.LINGER, 0)
-    (binds or IpcBinds()).bind(sock, runtime_dir, worker_frames(index))
+    try:
+        (binds or IpcBinds()).bind(sock, runtime_dir, worker_frames(index))
+    except zmq.ZMQError:
+        sock.close()  # (ingest goes on without this worker: nothing else would close it)
+        raise
     return sock
 
 

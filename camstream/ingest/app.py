@@ -135,6 +135,7 @@ class Ingest(Handlers):
         does not know them, and its ``term`` waits for them forever) and the ZAP thread.
         Frames already in the pipeline have ``linger_ms`` to reach a worker."""
         for lane in self.dispatcher.all_lanes():
+            lane.room.close()  # its watcher first: the fd is ZeroMQ's, closed with the socket
             lane.push.close(linger=linger_ms)
         self.stats_sub.close(linger=0)
         self.bus_pub.close(linger=200)  # the last events still leave

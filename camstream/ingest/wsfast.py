@@ -9,8 +9,8 @@
   every message into a bytearray and validates text with a UTF-8 validator written in Python;
   :func:`read_ws_message` checks each frame's announced length, and the message's so far,
   against the limit before reading the payload, and returns a one-frame message as read.
-- ``WebSocket.receive``: a message over the limit closes the websocket with 1009 (message too
-  big), one log line.
+- ``WebSocket.receive``: the same, reading with :func:`read_ws_message`; a message over the
+  limit closes the websocket with 1009 (message too big), one log line.
 
 The payload is read straight from the socket into a reused buffer (``readinto``) and unmasked
 out of it by ``websockets.speedups.apply_mask`` (C): one copy, which is the frame handed on.
@@ -35,7 +35,7 @@ import gevent.ssl
 
 import numpy as np
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import MSG_ALREADY_CLOSED, MSG_CLOSED, Header, WebSocket
 
 try:
     from websockets.speedups import apply_mask
@@ -44,6 +44,8 @@ except ImportError:  # websockets without its C extension: numpy below
 
 log = logging.getLogger("camstream.wsfast")
 MAX_CONTROL = 125  # RFC 6455 5.5: a control frame's payload
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NOT_UTF8 = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_LINGER = 1.0  # seconds
 
@@ -204,7 +206,6 @@ class _NoLock:
 
 
 _no_lock = _NoLock()
-_stock_receive = WebSocket.receive
 
 
 def read_message(self: WebSocket):
@@ -212,16 +213,33 @@ def read_message(self: WebSocket):
     return read_ws_message(self, WebSocket.max_message)
 
 
-def receive(self: WebSocket):
-    """gevent-websocket's ``receive``; a message over the limit is closed with 1009."""
+def receive(self: WebSocket, lock=None):
+    """gevent-websocket's ``receive``, reading with :func:`read_ws_message`, what it writes
+    (pongs, close frames) under ``lock``: the message, or None once the websocket is closed
+    (1009 for a message over the limit, 1007 for text that is not UTF-8, 1002 for a broken
+    frame: gevent-websocket means to, but its close sends an empty close frame)."""
+    if self.closed:
+        self.current_app.on_close(MSG_ALREADY_CLOSED)
+        raise WebSocketError(MSG_ALREADY_CLOSED)
     try:
-        return _stock_receive(self)
+        return read_ws_message(self, WebSocket.max_message, lock)
     except MessageTooBig as e:
         address = (self.environ or {}).get("REMOTE_ADDR", "?")
         log.warning("websocket from %s: %s; closing it (1009)", address, e)
         WebSocket.hits["message_too_big"] += 1
-        close_with(self, CLOSE_TOO_BIG, b"message too big")
-        return None
+        with lock or _no_lock:
+            close_with(self, CLOSE_TOO_BIG, b"message too big")
+    except UnicodeError:
+        with lock or _no_lock:
+            close_with(self, CLOSE_NOT_UTF8, b"invalid UTF-8")
+    except ProtocolError:
+        with lock or _no_lock:
+            close_with(self, CLOSE_PROTOCOL_ERROR, b"protocol error")
+    except OSError:  # EOF, a reset (WebSocketError is one too)
+        with lock or _no_lock:
+            self.close()
+        self.current_app.on_close(MSG_CLOSED)
+    return None
 
 
 # -- the frame event, recognised without the generic decoder -----------------------------------
@@ -278,12 +296,13 @@ class AckWriter:
     hub, without blocking (no greenlet per ack: a greenlet's start maps and unmaps a stack, a
     quarter of an ack's cost); what the socket cannot take at once, or a TLS socket, goes on
     from a greenlet of its own (a dispatcher releasing an ack must never wait for a client's
-    socket). ``lock`` is held by everything else that writes on the websocket, so frames
-    never interleave."""
+    socket). ``lock`` (a semaphore: the hub takes it, a greenlet may let it go) is held by
+    everything that writes on the websocket, from the first byte of a frame to its last, so
+    frames never interleave."""
 
     __slots__ = ("ws", "lock", "pending", "scheduled", "flushing")
 
-    def __init__(self, ws: WebSocket, lock: gevent.lock.RLock) -> None:
+    def __init__(self, ws: WebSocket, lock: gevent.lock.Semaphore) -> None:
         self.ws = ws
         self.lock = lock
         self.pending: list[bytes] = []
@@ -303,41 +322,47 @@ class AckWriter:
                         for p in batch)
 
     def send_now(self) -> None:
-        """From the hub: what the socket takes without waiting, the rest from a greenlet."""
+        """From the hub: what the socket takes without waiting; a greenlet sends the rest,
+        still holding the lock when part of a frame went out."""
         self.scheduled = False
         if self.flushing or not self.pending:
             return
         if self.ws.closed:
             self.pending.clear()
             return
+        held = False
         try:
             sock = self.ws.handler.socket
             rest = wire = self.wire()
             if not isinstance(sock, gevent.ssl.SSLSocket) and self.lock.acquire(blocking=False):
+                held = True
                 try:
                     rest = wire[sock.send(wire, 0, 0.0):]  # timeout 0: never waits
                 except BlockingIOError:
                     pass
-                finally:
-                    self.lock.release()
         except (WebSocketError, OSError, AttributeError):
             self.pending.clear()  # a dead socket: its reader sees it too and closes the session
-            return
+            rest = b""
         if rest:
             self.flushing = True
-            gevent.spawn(self.flush, rest)
+            gevent.spawn(self.flush, rest, held)
+        elif held:
+            self.lock.release()
 
-    def flush(self, rest: bytes) -> None:
+    def flush(self, rest: bytes, held: bool = False) -> None:
+        """Send ``rest``, then what came meanwhile; ``held``: the lock is already ours."""
         try:
-            while rest:
-                if self.ws.closed:
-                    return
-                with self.lock:
-                    self.ws.stream.write(rest)
+            if not held:
+                self.lock.acquire()
+                held = True
+            while rest and not self.ws.closed:
+                self.ws.stream.write(rest)
                 rest = self.wire() if self.pending else b""
         except (WebSocketError, OSError, AttributeError):
             pass  # a dead socket: its reader sees it too and closes the session
         finally:
+            if held:
+                self.lock.release()
             self.pending.clear()
             self.flushing = False
 

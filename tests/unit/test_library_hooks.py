@@ -77,7 +77,8 @@ HOOKS = [
     # camstream/ingest/wsfast.py and eio3/transport.py: gevent-websocket's frame reader
     (WebSocket, "read_message", "wsfast.read_message replaces it (wsfast.read_ws_message: "
      "the same frames, errors and close handling)", "bdc84e5172110c84"),
-    (WebSocket, "receive", "wsfast.receive wraps it (MessageTooBig from read_message)", "ca1b837d8419cd1b"),
+    (WebSocket, "receive", "wsfast.receive replaces it (the same answers: 1002, 1007, on_close)",
+     "ca1b837d8419cd1b"),
     (WebSocket, "handle_close", "wsfast.read_ws_message answers a close frame with it",
      "03732c0a18ca9945"),
     (WebSocket, "close", "wsfast.close_with sets closed, then close()", "88b98d94de07858a"),

@@ -42,8 +42,8 @@ def encode_packet(ptype: int, data: str | bytes | bytearray | None = None,
 def decode_packet(encoded: str | bytes | bytearray) -> tuple[int, str | bytes | bytearray]:
     """One packet, text or binary, into ``(type, data)``.
 
-    A ``bytearray`` (what the websocket reader produces) loses its type byte in place, which
-    is O(1) for a bytearray: the frame is not copied. ``bytes`` are sliced (one copy).
+    A ``bytearray`` loses its type byte in place, which is O(1) for a bytearray; ``bytes``
+    (what the websocket reader produces) are sliced: one copy.
     """
     if isinstance(encoded, str):
         if not encoded:

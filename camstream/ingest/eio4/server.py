@@ -170,11 +170,12 @@ class EngineIOSocket(engineio.socket.Socket):
             raise engineio.exceptions.EngineIOError(str(e)) from None  # a 400
 
     def _websocket_handler(self, ws):
-        wait = ws.wait
+        lock = gevent.lock.Semaphore()
+        # what the reader writes (pongs, close frames) holds the lock too
+        wait = (lambda: wsfast.receive(ws._sock, lock)) if hasattr(ws, "_sock") else ws.wait
         sio = getattr(self.server, "sio", None)
         # the lean path: a `frame` event is taken here, the rest read on by python-engineio;
         # every write on the websocket holds `lock` (python-engineio's writer, the acks)
-        lock = gevent.lock.RLock()
         send = ws.send
 
         def locked_send(message):
