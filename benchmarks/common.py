@@ -151,7 +151,7 @@ def unlimited_args() -> list[str]:
     if "--max-fps" in _SERVE_HELP[0]:
         extra += ["--max-fps", "1000000"]
     if "--max-connections-per-ip" in _SERVE_HELP[0]:
-        extra += ["--max-connections-per-ip", "1000"]
+        extra += ["--max-connections-per-ip", "5000"]  # peers --full: 1,000 phones and more
     return extra
 
 
