@@ -61,9 +61,9 @@ HOOKS = [
     (engineio.base_server.BaseServer, "_cors_headers", "EngineIOServer.handle_request", "53c3eea920b99d20"),
     # EngineIOSocket: python-engineio's session
     (engineio.socket.Socket, "send", "EngineIOSocket.send: heartbeat in exact ms", "add5df2eafdaeba6"),
-    (engineio.socket.Socket, "_send_ping", "EngineIOSocket._send_ping: the timeout on time",
-     "8239008968c03f48"),
-    (engineio.socket.Socket, "check_ping_timeout", "EngineIOSocket._send_ping calls it",
+    (engineio.socket.Socket, "schedule_ping", "EngineIOSocket.schedule_ping replaces it (on "
+     "timers; python-engineio calls it at the connect and at each pong)", "ad28edec571600f6"),
+    (engineio.socket.Socket, "check_ping_timeout", "EngineIOSocket._pong_due calls it",
      "dc3c2335410ce2d4"),
     (engineio.socket.Socket, "handle_get_request", "EngineIOSocket: two polls at once", "f73e4aab5873ccc1"),
     (engineio.socket.Socket, "handle_post_request", "EngineIOSocket: a bad packet", "2803b6d94a5d1ed8"),

@@ -113,14 +113,24 @@ class EngineIOSocket(engineio.socket.Socket):
             pkt.data["pingTimeout"] = round(server.ping_timeout * 1000)
         return super().send(pkt)
 
-    def _send_ping(self):
-        """Ping, then close the session exactly pingTimeout later if no pong came: python-
-        engineio only notices on its next sweep or send (up to ~200 ms late here)."""
-        super()._send_ping()
-        sent = self.last_ping
-        if sent is None or self.closing or self.closed:
+    def schedule_ping(self):
+        """The next ping, and the check that its pong came, on timers of the loop: python-
+        engineio's greenlet sleeps through pingInterval (and camstream's through pingTimeout
+        after it), about 8 KB held per idle connection; a timer's greenlet starts when due.
+        The session closes exactly pingTimeout after a ping with no pong: python-engineio
+        only notices on its next sweep or send (up to ~200 ms late here)."""
+        if self.last_ping:  # (the previous ping's wait is over, as python-engineio checks)
+            self.last_ping = None
+            gevent.spawn_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.closing or self.closed:
             return
-        self.server.sleep(max(0.0, sent + self.server.ping_timeout - time.time()) + 0.001)
+        self.last_ping = sent = time.time()
+        self.send(engineio.packet.Packet(engineio.packet.PING))
+        gevent.spawn_later(self.server.ping_timeout + 0.001, self._pong_due, sent)
+
+    def _pong_due(self, sent: float) -> None:
         if self.last_ping == sent and not self.closing and not self.closed:
             self.check_ping_timeout()
 
