@@ -113,26 +113,33 @@ class EngineIOSocket(engineio.socket.Socket):
             pkt.data["pingTimeout"] = round(server.ping_timeout * 1000)
         return super().send(pkt)
 
+    heartbeat = None  # the loop's timer of the next ping, or of its pong's deadline
+
     def schedule_ping(self):
-        """The next ping, and the check that its pong came, on timers of the loop: python-
+        """The next ping, and the check that its pong came, on a timer of the loop: python-
         engineio's greenlet sleeps through pingInterval (and camstream's through pingTimeout
-        after it), about 8 KB held per idle connection; a timer's greenlet starts when due.
-        The session closes exactly pingTimeout after a ping with no pong: python-engineio
-        only notices on its next sweep or send (up to ~200 ms late here)."""
+        after it), about 8 KB held per idle connection; a timer is a few hundred bytes. The
+        session closes exactly pingTimeout after a ping with no pong: python-engineio only
+        notices on its next sweep or send (up to ~200 ms late here)."""
         if self.last_ping:  # (the previous ping's wait is over, as python-engineio checks)
             self.last_ping = None
-            gevent.spawn_later(self.server.ping_interval, self._ping)
+            self._after(self.server.ping_interval, self._ping)
+
+    def _after(self, seconds: float, callback, *args) -> None:
+        self.heartbeat = gevent.get_hub().loop.timer(seconds)
+        self.heartbeat.start(callback, *args)
 
     def _ping(self) -> None:
+        """From the hub: queueing the ping never waits (the writer greenlet sends it)."""
         if self.closing or self.closed:
             return
         self.last_ping = sent = time.time()
         self.send(engineio.packet.Packet(engineio.packet.PING))
-        gevent.spawn_later(self.server.ping_timeout + 0.001, self._pong_due, sent)
+        self._after(self.server.ping_timeout + 0.001, self._pong_due, sent)
 
     def _pong_due(self, sent: float) -> None:
         if self.last_ping == sent and not self.closing and not self.closed:
-            self.check_ping_timeout()
+            gevent.spawn(self.check_ping_timeout)  # closing runs handlers: not in the hub
 
     def handle_get_request(self, environ, start_response):
         """A second long poll while one is held breaks the protocol: the spec and the
