@@ -409,6 +409,15 @@ class Handler(httpguard.GuardedHandler):
     an HTTP client that keeps connections alive (node-fetch on Node 20) then sent its next
     request into the closed socket and got "socket hang up"."""
 
+    READ_BUFFER = 1024  # bytes: a request's head, a websocket frame's header and text packet
+
+    def __init__(self, sock, address, server, rfile=None):
+        """The connection's read buffer at 1 KB, not io's 8 KB: it is held for the life of
+        every connection (a sixth of an idle one's memory), and what is larger (a frame's
+        payload, a POST's body) is read past it, straight into its own buffer."""
+        super().__init__(sock, address, server,
+                         rfile if rfile is not None else sock.makefile("rb", self.READ_BUFFER))
+
     def start_response(self, status, headers, exc_info=None):
         refused_upgrade = not status.startswith("101") and \
             self.environ.get("HTTP_UPGRADE", "").lower() == "websocket"

@@ -98,6 +98,8 @@ HOOKS = [
     (gevent.pywsgi.WSGIHandler, "_handle_client_error", "httpguard.GuardedHandler: SlowClient",
      "3f36de1b27cc47f9"),
     (WebSocketHandler, "start_response", "app.Handler adds Connection: close", "dc3b36ab81f9cb04"),
+    (gevent.pywsgi.WSGIHandler, "__init__", "app.Handler passes its own rfile (a 1 KB buffer)",
+     "08207c69b11c6417"),
     (gevent.server.StreamServer, "do_read", "httpguard.GuardedServer: EMFILE; app.Server: "
      "TCP_NODELAY on the accepted socket", "a0e69afeebcb7be9"),
     (gevent.server.StreamServer, "wrap_socket_and_handle", "httpguard.GuardedServer: the "
