@@ -427,12 +427,18 @@ class Handler(httpguard.GuardedHandler):
         return super().start_response(status, headers, exc_info)
 
 
+# bytes the kernel holds for a connection's unsent data (it doubles this): what ingest sends
+# is small (acks, events, polls' answers), and Linux would otherwise let the buffer of a client
+# that reads nothing grow to 4 MB, kernel memory per connection
+SEND_BUFFER = 256 * 1024
+
+
 class Server(httpguard.GuardedServer):
     """gevent's WSGI server, with a failed TLS handshake (a plain-http request to the https
     port, a port scanner) one log line at most every ten seconds, not a traceback each; and
     each connection without Nagle's delay (TCP_NODELAY, as Node's http server): pywsgi writes
     a long-poll answer in pieces, and each small piece after the first waited for the client's
-    delayed ACK, 40 ms per poll on Linux."""
+    delayed ACK, 40 ms per poll on Linux; its send buffer bounded (SEND_BUFFER)."""
 
     quiet_until = 0.0
 
@@ -441,6 +447,7 @@ class Server(httpguard.GuardedServer):
         if accepted is not None:
             try:
                 accepted[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                accepted[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             except OSError:  # already reset by the peer: handled as any dead connection
                 pass
         return accepted

@@ -300,11 +300,13 @@ class AckWriter:
     everything that writes on the websocket, from the first byte of a frame to its last, so
     frames never interleave."""
 
-    __slots__ = ("ws", "lock", "pending", "scheduled", "flushing")
+    __slots__ = ("ws", "lock", "stuck_after", "pending", "scheduled", "flushing")
 
-    def __init__(self, ws: WebSocket, lock: gevent.lock.Semaphore) -> None:
+    def __init__(self, ws: WebSocket, lock: gevent.lock.Semaphore,
+                 stuck_after: float | None = None) -> None:
         self.ws = ws
         self.lock = lock
+        self.stuck_after = stuck_after  # seconds a send may wait: then the client is given up
         self.pending: list[bytes] = []
         self.scheduled = False  # a send at the end of this loop turn is due
         self.flushing = False   # a greenlet is writing: what comes meanwhile is its to write
@@ -352,12 +354,15 @@ class AckWriter:
     def flush(self, rest: bytes, held: bool = False) -> None:
         """Send ``rest``, then what came meanwhile; ``held``: the lock is already ours."""
         try:
-            if not held:
-                self.lock.acquire()
-                held = True
-            while rest and not self.ws.closed:
-                self.ws.stream.write(rest)
-                rest = self.wire() if self.pending else b""
+            with gevent.Timeout(self.stuck_after, SendStuck):
+                if not held:
+                    self.lock.acquire()
+                    held = True
+                while rest and not self.ws.closed:
+                    self.ws.stream.write(rest)
+                    rest = self.wire() if self.pending else b""
+        except SendStuck:
+            give_up(self.ws, self.stuck_after)
         except (WebSocketError, OSError, AttributeError):
             pass  # a dead socket: its reader sees it too and closes the session
         finally:
@@ -365,6 +370,24 @@ class AckWriter:
                 self.lock.release()
             self.pending.clear()
             self.flushing = False
+
+
+class SendStuck(Exception):
+    """A websocket send waited longer than its bound."""
+
+
+def give_up(ws: WebSocket, waited: float) -> None:
+    """A send to ``ws`` waited ``waited`` seconds: its client reads nothing. Its socket is
+    shut down, so that no other writer waits for it and its reader sees the end (the session
+    then closes as for any dead connection); counted in ``hits["send_stuck"]``."""
+    WebSocket.hits["send_stuck"] += 1
+    address = (getattr(ws, "environ", None) or {}).get("REMOTE_ADDR", "?")
+    log.warning("websocket from %s: a send waited %g s (the client reads nothing); closing it",
+                address, waited)
+    try:
+        ws.handler.socket.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
 
 
 def close_with(ws: WebSocket, code: int, reason: bytes = b"") -> None:

@@ -19,9 +19,16 @@ class RawWS:
     """A websocket to ``/socket.io/``; ``source`` is the loopback address it comes from."""
 
     def __init__(self, port: int, eio: int = 4, source: str = "127.0.0.1",
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, rcvbuf: int | None = None) -> None:
+        """``rcvbuf``: the socket's receive buffer, set before it connects (a client that
+        reads nothing then fills the server's send buffer after a few kB)."""
         self.eio = eio
-        sock = socket.create_connection(("127.0.0.1", port), timeout, source_address=(source, 0))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
         self.ws = websocket.create_connection(
             f"ws://127.0.0.1:{port}/socket.io/?EIO={eio}&transport=websocket", socket=sock,
             timeout=timeout, enable_multithread=False)

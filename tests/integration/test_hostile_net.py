@@ -725,3 +725,53 @@ def test_engineios_own_error_lines_name_no_session(daemons):
     wait_for(lambda: "Invalid session" in d.output(), 10, what="engineio's error line")
     assert sid not in d.output(), d.output()
     assert "Invalid session <session>" in d.output(), d.output()
+
+
+# -- a client that sends acked frames and reads nothing ------------------------------------------
+
+@pytest.mark.serial  # it measures another client's frames while one floods
+@pytest.mark.parametrize("eio", [3, 4])
+def test_a_client_that_never_reads_its_acks_stalls_nobody_and_is_closed(daemons, eio):
+    """Acked frames from a websocket client whose receive buffer is full: its acks wait in
+    its socket, never in the dispatcher's (which every client's frames go through), and it is
+    closed once a send has waited a heartbeat (ping interval + timeout)."""
+    d = daemons("--max-fps", "2000", "--ping-interval", "4", "--ping-timeout", "4", workers=1)
+    hostile = RawWS(d.port, eio=eio, rcvbuf=2048)
+    if eio == 4:
+        assert hostile.connect({"username": "mute", "password": ""})[:2] == "40"
+    else:
+        assert hostile.login("mute", "") is True
+    stop = threading.Event()
+    good = streamer(d.url, "talker", stop)
+    try:
+        jpeg = make_jpeg(16, 16)
+        alive = "2" if eio == 3 else "3"  # a ping (3), a pong (4): it stays alive, unread
+        sent = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sent < 20000:  # ~1 MB of acks owed
+            if not (hostile.send("451-%d" % sent + json.dumps(
+                    ["frame", {}, {"_placeholder": True, "num": 0}]))
+                    and hostile.send((b"\x04" if eio == 3 else b"") + jpeg)):
+                break  # closed already: it did not read
+            sent += 1
+            if sent % 200 == 0:
+                hostile.send(alive)
+        assert sent > 2000, sent  # (it stops when ingest stops reading it, or at 20,000)
+        def processed() -> int:
+            return d.health()["clients"].get("talker", {}).get("processed", 0)
+        before = processed()
+        for _ in range(15):  # its acks are stuck in its socket now
+            hostile.send(alive)
+            time.sleep(0.2)
+        # the other client's frames still reach the worker (an ack merely released by the
+        # 1 s hold would not say so: its frame is dropped)
+        assert processed() - before >= 15, (before, processed())  # 10 fps for 3 s
+        assert good["error"] is None and good["failed"] == 0, good
+        wait_for(lambda: "mute" not in d.health()["clients"] or
+                 not d.health()["clients"]["mute"].get("connected"), 30,
+                 what="the client that reads nothing closed")
+    finally:
+        stop.set()
+        good["thread"].join(10)
+        hostile.close()
+    assert good["failed"] == 0, good

@@ -124,6 +124,10 @@ class OutgoingQueue(gevent.queue.Queue):
         return item
 
 
+class SendStuck(Exception):
+    """A websocket send waited longer than the heartbeat."""
+
+
 class Connection:
     """One Engine.IO 3 client's I/O: its transport (long polling, then maybe a websocket), the
     queue of packets awaiting a poll, the websocket's send lock, and its ``Conn``. The
@@ -141,6 +145,7 @@ class Connection:
         self.reader: gevent.Greenlet | None = None
         self.polling = False    # a GET is waiting for packets
         self.posting = False    # a POST is being read
+        self.sending = False    # a greenlet of flush_soon is sending to the websocket
         self.conn = Conn(session.sid, address, self.emit, self.disconnect)
 
     @property
@@ -167,11 +172,42 @@ class Connection:
                         break
                     continue
                 try:
-                    with self.lock:
+                    with gevent.Timeout(self.server.send_timeout, SendStuck), self.lock:
                         self._send_ws(ptype, data)
+                except SendStuck:
+                    self.stuck()
+                    break
                 except Exception as e:  # noqa: BLE001 (a dead socket: the reader sees it too)
                     self.close(f"transport error: {e or type(e).__name__}")
                     break
+
+    def flush_soon(self) -> None:
+        """:meth:`flush` for callers other than the connection's own reader (a dispatcher
+        releasing an ack, the results listener emitting): they never wait for this client's
+        socket. A websocket's packets go from a greenlet of its own, one at a time."""
+        if self.ws is None:
+            self.flush()  # (a poll's queue never blocks)
+        elif not self.sending:
+            self.sending = True
+            gevent.spawn(self._send_soon)
+
+    def _send_soon(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.sending = False
+
+    def stuck(self) -> None:
+        """A send waited a whole heartbeat (ping interval + timeout): the client reads
+        nothing. Closed, its socket shut down so that nothing else waits for it either."""
+        self.server.handlers.ledger.limit_hits["send_stuck"] += 1
+        log.warning("legacy %s: a send waited %g s (the client reads nothing); closing it",
+                    self.conn.label, self.server.send_timeout)
+        try:
+            self.ws.handler.socket.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        self.close("transport error: the client reads nothing")
 
     def _send_ws(self, ptype: int, data) -> None:
         ws = self.ws
@@ -181,9 +217,9 @@ class Connection:
         ws.send(msg, binary=not isinstance(msg, str))
 
     def emit(self, event: str, *args) -> None:
-        """``Conn.emit``: an event to this client only."""
+        """``Conn.emit``: an event to this client only (from any greenlet)."""
         self.session.emit(event, *args)
-        self.flush()
+        self.flush_soon()
 
     def disconnect(self) -> None:
         """``Conn.disconnect``: say goodbye (Socket.IO then Engine.IO) and close. The client
@@ -262,7 +298,7 @@ class Connection:
             if isinstance(event, EventReceived) and event.name == "frame" and \
                     event.ack_id is not None:  # acked when it leaves the mailbox
                 handlers.on_frame(self.conn, event.args, lambda result, ack_id=event.ack_id: (
-                    self.session.ack(ack_id, result), self.flush()))
+                    self.session.ack(ack_id, result), self.flush_soon()))
             elif isinstance(event, EventReceived):
                 result = handlers.on_event(self.conn, event.name, event.args)
                 if result is not UNHANDLED and event.ack_id is not None:
@@ -295,6 +331,7 @@ class LegacyServer:
         self.handlers = handlers
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.send_timeout = ping_interval + ping_timeout  # a send this long: nobody reads
         self.max_message = max_message
         self.max_queued = max_queued
         self.path = path

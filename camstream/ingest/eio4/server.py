@@ -194,12 +194,18 @@ class EngineIOSocket(engineio.socket.Socket):
         # the lean path: a `frame` event is taken here, the rest read on by python-engineio;
         # every write on the websocket holds `lock` (python-engineio's writer, the acks)
         send = ws.send
+        # a send that waits a whole heartbeat: the client reads nothing (it may still pong)
+        stuck_after = self.server.ping_interval + self.server.ping_timeout
 
         def locked_send(message):
-            with lock:
-                return send(message)
+            try:
+                with gevent.Timeout(stuck_after, wsfast.SendStuck), lock:
+                    return send(message)
+            except wsfast.SendStuck:
+                wsfast.give_up(getattr(ws, "_sock", None), stuck_after)
+                raise OSError("the client reads nothing") from None
         ws.send = locked_send
-        acks = wsfast.AckWriter(ws._sock, lock) if hasattr(ws, "_sock") else None
+        acks = wsfast.AckWriter(ws._sock, lock, stuck_after) if hasattr(ws, "_sock") else None
         pushed_back: list = []  # messages read ahead that python-engineio reads next
 
         def checked_wait():  # an error here ends python-engineio's read loop, and the session
