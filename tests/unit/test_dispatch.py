@@ -141,3 +141,49 @@ def test_a_frame_is_acked_once_and_a_failing_ack_stops_nothing():
     failing = Pending(b"h", b"jpeg", 2, gone, 0.0)
     failing.release()
     assert not failing.owed
+
+
+def test_a_full_pipeline_parks_the_lane_until_a_worker_takes_a_frame(monkeypatch):
+    """Ingest's sockets are plain ZeroMQ sockets: a full PUSH parks the lane's greenlet on a
+    watcher of ZeroMQ's fd, woken when the worker takes a frame, not by the 100 ms bound
+    (a missed wake-up would make each frame wait the whole bound)."""
+    import time
+
+    import zmq as plain
+
+    from camstream.ingest import dispatch
+    ctx = plain.Context()
+    push = ctx.socket(plain.PUSH)
+    push.setsockopt(plain.SNDHWM, 1)
+    push.bind("inproc://frames")
+    pub = ctx.socket(plain.PUB)
+    pub.bind("inproc://bus")
+    pull = ctx.socket(plain.PULL)
+    pull.setsockopt(plain.RCVHWM, 1)
+    pull.connect("inproc://frames")
+    dispatcher = Dispatcher(push, pub, queue_depth=1)
+    waits = []
+    real = dispatch.wait_for_room
+
+    def timed(lane, timeout):
+        t0 = time.monotonic()
+        real(lane, timeout)
+        waits.append(time.monotonic() - t0)
+    monkeypatch.setattr(dispatch, "wait_for_room", timed)
+    for i in range(20):  # a session each: none is dropped by its mailbox
+        dispatcher.open(f"s{i}", f"c{i}", ClientCounts())
+        dispatcher.offer(f"s{i}", b"h%d" % i, b"jpeg", 1)
+    runner = gevent.spawn(dispatcher.run)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:  # a slow worker: 50 frames/s
+        gevent.sleep(0.02)
+        try:
+            got.append(pull.recv_multipart(plain.NOBLOCK)[0])
+        except plain.Again:
+            pass
+    runner.kill()
+    assert got == [b"h%d" % i for i in range(20)]
+    assert len(waits) >= 10  # the lane did park on a full pipeline
+    assert sorted(waits)[len(waits) // 2] < 0.08, waits  # woken by the fd, not the bound
+    ctx.destroy(linger=0)
