@@ -145,7 +145,7 @@ def test_a_frame_is_acked_once_and_a_failing_ack_stops_nothing():
 
 def test_a_full_pipeline_parks_the_lane_until_a_worker_takes_a_frame(monkeypatch):
     """Ingest's sockets are plain ZeroMQ sockets: a full PUSH parks the lane's greenlet on a
-    watcher of ZeroMQ's fd, woken when the worker takes a frame, not by the 100 ms bound
+    watcher of ZeroMQ's fd, woken when the worker takes a frame, not by the wait's bound
     (a missed wake-up would make each frame wait the whole bound)."""
     import time
 
@@ -165,9 +165,9 @@ def test_a_full_pipeline_parks_the_lane_until_a_worker_takes_a_frame(monkeypatch
     waits = []
     real = dispatch.wait_for_room
 
-    def timed(lane, timeout):
+    def timed(lane, timeout):  # the bound made 1 s: a missed wake-up would show plainly
         t0 = time.monotonic()
-        real(lane, timeout)
+        real(lane, 1.0)
         waits.append(time.monotonic() - t0)
     monkeypatch.setattr(dispatch, "wait_for_room", timed)
     for i in range(20):  # a session each: none is dropped by its mailbox
@@ -185,5 +185,5 @@ def test_a_full_pipeline_parks_the_lane_until_a_worker_takes_a_frame(monkeypatch
     runner.kill()
     assert got == [b"h%d" % i for i in range(20)]
     assert len(waits) >= 10  # the lane did park on a full pipeline
-    assert sorted(waits)[len(waits) // 2] < 0.08, waits  # woken by the fd, not the bound
+    assert sorted(waits)[len(waits) // 2] < 0.5, waits  # woken by the fd, not the bound
     ctx.destroy(linger=0)
