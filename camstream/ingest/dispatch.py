@@ -4,8 +4,8 @@ Each connection has a small mailbox (``queue_depth`` frames). A new frame goes i
 if the mailbox is full the *oldest* frame in it is dropped and counted: the newest frames win,
 so a processed frame is never older than the pipeline's few slots. A **lane** (a PUSH socket
 and the sessions waiting to send into it) is drained round-robin by a greenlet of its own
-(plain ZeroMQ sockets sent to without blocking; a full pipeline parks that greenlet only, in
-a gevent poll), so a 1 Hz camera gets its turn
+(plain ZeroMQ sockets sent to without blocking; a full pipeline parks that greenlet only, on
+a watcher of ZeroMQ's fd), so a 1 Hz camera gets its turn
 beside a 30 Hz one. There is one lane, the shared PUSH that deals frames to any free worker;
 with ``--route client`` there is one lane per worker instead, and the
 :class:`~camstream.ingest.routing.Router` says which lane each client's frames take: a full or dead

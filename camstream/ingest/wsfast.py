@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import json
 import logging
 import re
@@ -164,14 +165,14 @@ def read_ws_message(ws: WebSocket, limit: int, lock=None,
             check_length(header, 0, limit)  # a control frame: 125 bytes at most
             payload = read_payload(ws, header.length, header.mask) if header.length else b""
             if op == WebSocket.OPCODE_PING:
-                with lock or _no_lock:
+                with lock or contextlib.nullcontext():
                     ws.send_frame(payload, WebSocket.OPCODE_PONG)
                 continue
             if op == WebSocket.OPCODE_PONG:
                 continue
             if op == WebSocket.OPCODE_CLOSE:
                 if answer_close:
-                    with lock or _no_lock:
+                    with lock or contextlib.nullcontext():
                         ws.handle_close(header, payload)
                 return None
             raise ProtocolError(f"unknown websocket opcode {op}")
@@ -185,8 +186,7 @@ def read_ws_message(ws: WebSocket, limit: int, lock=None,
         size += header.length
         payload = read_payload(ws, header.length, header.mask) if header.length else b""
         if header.fin and not parts:
-            message = payload
-            break
+            return payload.decode("utf-8") if opcode == WebSocket.OPCODE_TEXT else payload
         if opcode == WebSocket.OPCODE_TEXT:  # fragments: each checked as it comes
             decoder = decoder or codecs.getincrementaldecoder("utf-8")()
             parts.append(decoder.decode(payload, final=header.fin))
@@ -194,18 +194,6 @@ def read_ws_message(ws: WebSocket, limit: int, lock=None,
             parts.append(payload)
         if header.fin:
             return "".join(parts) if decoder else b"".join(parts)
-    return message.decode("utf-8") if opcode == WebSocket.OPCODE_TEXT else message
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-_no_lock = _NoLock()
 
 
 def read_message(self: WebSocket):
@@ -227,16 +215,16 @@ def receive(self: WebSocket, lock=None):
         address = (self.environ or {}).get("REMOTE_ADDR", "?")
         log.warning("websocket from %s: %s; closing it (1009)", address, e)
         WebSocket.hits["message_too_big"] += 1
-        with lock or _no_lock:
+        with lock or contextlib.nullcontext():
             close_with(self, CLOSE_TOO_BIG, b"message too big")
     except UnicodeError:
-        with lock or _no_lock:
+        with lock or contextlib.nullcontext():
             close_with(self, CLOSE_NOT_UTF8, b"invalid UTF-8")
     except ProtocolError:
-        with lock or _no_lock:
+        with lock or contextlib.nullcontext():
             close_with(self, CLOSE_PROTOCOL_ERROR, b"protocol error")
     except OSError:  # EOF, a reset (WebSocketError is one too)
-        with lock or _no_lock:
+        with lock or contextlib.nullcontext():
             self.close()
         self.current_app.on_close(MSG_CLOSED)
     return None

@@ -1,10 +1,11 @@
-"""The vectorised websocket unmask gives byte for byte what the per-byte loop it replaces
-gives."""
+"""camstream.ingest.wsfast: the vectorised unmask gives byte for byte what the per-byte loop it
+replaces gives; the lean reader and the ack writer, over real socket pairs."""
 from __future__ import annotations
 
 import logging
 import os
 
+import pytest
 from geventwebsocket.websocket import Header
 
 from camstream.ingest import wsfast
@@ -43,21 +44,29 @@ def test_unmask_is_its_own_inverse():
 
 # -- the lean reader and the ack writer, over a real socket pair ---------------------------------
 
-def websocket_pair(sndbuf: int | None = None):
-    """A gevent-websocket WebSocket on one end of a real socket pair; the raw peer."""
+@pytest.fixture
+def websocket_pair():
+    """``websocket_pair(sndbuf=None)``: a gevent-websocket WebSocket on one end of a real
+    socket pair, and the raw peer; both ends closed after the test."""
     import socket as stdlib_socket
     from types import SimpleNamespace
 
     import gevent.socket
     from geventwebsocket.websocket import Stream, WebSocket
+    opened = []
 
-    ours, peer = gevent.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    if sndbuf:
-        ours.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, sndbuf)
-    handler = SimpleNamespace(socket=ours, rfile=ours.makefile("rb"),
-                              server=SimpleNamespace(application=None),
-                              logger=logging.getLogger("test"))
-    return WebSocket({"REMOTE_ADDR": "test"}, Stream(handler), handler), peer
+    def make(sndbuf: int | None = None):
+        ours, peer = gevent.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        opened.extend((ours, peer))
+        if sndbuf:
+            ours.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, sndbuf)
+        handler = SimpleNamespace(socket=ours, rfile=ours.makefile("rb"),
+                                  server=SimpleNamespace(application=None),
+                                  logger=logging.getLogger("test"))
+        return WebSocket({"REMOTE_ADDR": "test"}, Stream(handler), handler), peer
+    yield make
+    for sock in opened:
+        sock.close()
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
@@ -102,7 +111,7 @@ def read_all(peer, timeout: float = 5.0) -> bytes:
     return out
 
 
-def test_the_lean_reader_returns_messages_as_sent_and_answers_pings():
+def test_the_lean_reader_returns_messages_as_sent_and_answers_pings(websocket_pair):
     ws, peer = websocket_pair()
     jpeg = os.urandom(70000)
     peer.sendall(client_frame(1, '451-7["frame",{"é":1}]'.encode())
@@ -116,7 +125,7 @@ def test_the_lean_reader_returns_messages_as_sent_and_answers_pings():
     assert server_frames(peer.recv(100)) == [(10, b"ping!")]  # the pong, between fragments
 
 
-def test_receive_closes_with_the_status_code_that_says_why():
+def test_receive_closes_with_the_status_code_that_says_why(websocket_pair):
     import struct
     wsfast.install(max_message=1000)
     try:
@@ -133,7 +142,7 @@ def test_receive_closes_with_the_status_code_that_says_why():
         wsfast.install()
 
 
-def test_acks_sent_from_the_hub_never_split_another_writers_frame():
+def test_acks_sent_from_the_hub_never_split_another_writers_frame(websocket_pair):
     """A socket that takes only part of the acks at once: the rest goes out before any other
     writer's frame (the lock is held from an ack frame's first byte to its last)."""
     import gevent

@@ -124,10 +124,6 @@ class OutgoingQueue(gevent.queue.Queue):
         return item
 
 
-class SendStuck(Exception):
-    """A websocket send waited longer than the heartbeat."""
-
-
 class Connection:
     """One Engine.IO 3 client's I/O: its transport (long polling, then maybe a websocket), the
     queue of packets awaiting a poll, the websocket's send lock, and its ``Conn``. The
@@ -172,9 +168,9 @@ class Connection:
                         break
                     continue
                 try:
-                    with gevent.Timeout(self.server.send_timeout, SendStuck), self.lock:
+                    with gevent.Timeout(self.server.send_timeout, wsfast.SendStuck), self.lock:
                         self._send_ws(ptype, data)
-                except SendStuck:
+                except wsfast.SendStuck:
                     self.stuck()
                     break
                 except Exception as e:  # noqa: BLE001 (a dead socket: the reader sees it too)
@@ -199,14 +195,8 @@ class Connection:
 
     def stuck(self) -> None:
         """A send waited a whole heartbeat (ping interval + timeout): the client reads
-        nothing. Closed, its socket shut down so that nothing else waits for it either."""
-        self.server.handlers.ledger.limit_hits["send_stuck"] += 1
-        log.warning("legacy %s: a send waited %g s (the client reads nothing); closing it",
-                    self.conn.label, self.server.send_timeout)
-        try:
-            self.ws.handler.socket.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
+        nothing. Its socket shut down (so that nothing else waits for it either), closed."""
+        wsfast.give_up(self.ws, self.server.send_timeout)
         self.close("transport error: the client reads nothing")
 
     def _send_ws(self, ptype: int, data) -> None:

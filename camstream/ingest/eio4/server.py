@@ -187,9 +187,10 @@ class EngineIOSocket(engineio.socket.Socket):
             raise engineio.exceptions.EngineIOError(str(e)) from None  # a 400
 
     def _websocket_handler(self, ws):
+        raw = getattr(ws, "_sock", None)  # gevent-websocket's WebSocket
         lock = gevent.lock.Semaphore()
         # what the reader writes (pongs, close frames) holds the lock too
-        wait = (lambda: wsfast.receive(ws._sock, lock)) if hasattr(ws, "_sock") else ws.wait
+        wait = (lambda: wsfast.receive(raw, lock)) if raw is not None else ws.wait
         sio = getattr(self.server, "sio", None)
         # the lean path: a `frame` event is taken here, the rest read on by python-engineio;
         # every write on the websocket holds `lock` (python-engineio's writer, the acks)
@@ -202,10 +203,10 @@ class EngineIOSocket(engineio.socket.Socket):
                 with gevent.Timeout(stuck_after, wsfast.SendStuck), lock:
                     return send(message)
             except wsfast.SendStuck:
-                wsfast.give_up(getattr(ws, "_sock", None), stuck_after)
+                wsfast.give_up(raw, stuck_after)
                 raise OSError("the client reads nothing") from None
         ws.send = locked_send
-        acks = wsfast.AckWriter(ws._sock, lock, stuck_after) if hasattr(ws, "_sock") else None
+        acks = wsfast.AckWriter(raw, lock, stuck_after) if raw is not None else None
         pushed_back: list = []  # messages read ahead that python-engineio reads next
 
         def checked_wait():  # an error here ends python-engineio's read loop, and the session
