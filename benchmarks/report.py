@@ -50,6 +50,13 @@ BASELINES = {
 }
 
 
+def _measured(source: dict) -> str:
+    """Which tree a section was measured on, and when: a summary mixes this run's results
+    with earlier ones of the benchmarks not run now."""
+    commit = source.get("commit", "")[:10] or "the working tree"
+    return f"commit {commit}, {source.get('measured_at', 'date not recorded')}"
+
+
 def write_summary(results: dict[str, dict], mode: str, seconds: dict[str, float],
                   source: dict) -> str:
     m = machine()
@@ -61,10 +68,12 @@ def write_summary(results: dict[str, dict], mode: str, seconds: dict[str, float]
              f"Python {m['python']}. Clients, servers and workers all share these "
              f"{m['cpus']} cores, so client CPU is taken from the server: absolute numbers "
              "are lower bounds; the ratios against the baseline measured in the same run "
-             "are what to compare.", "", f"Under test: camstream {under_test}.", ""]
+             "are what to compare.", "", f"This run: camstream {under_test}; each section "
+             "says the commit and time it was measured at.", ""]
     for name, res in results.items():
         took = seconds.get(name, 0)
-        lines.append(f"## {name} ({took:.0f} s) - baseline: {BASELINES.get(name, '')}")
+        lines.append(f"## {name} ({took:.0f} s; {_measured(res.get('source', {}))}) - "
+                     f"baseline: {BASELINES.get(name, '')}")
         lines.append("")
         if "error" in res:
             lines += [f"**failed**: `{res['error']}`", ""]

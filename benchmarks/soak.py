@@ -192,6 +192,7 @@ def summarise(args, rows, kills, reports, final, log_tail) -> dict:
         "minutes": args.minutes, "clients": args.clients, "fps": args.fps, "size": args.size,
         "workers": args.workers, "kills": kills, "tree": args.tree,
         "commit": SOURCE.get("commit", ""),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "fps_in_mean": round(tot["received"] / span, 1),
         "fps_processed_mean": round(tot["processed"] / span, 1),
         "totals_final": final["totals"] if final else None,
