@@ -139,13 +139,25 @@ class Frame(NamedTuple):
     def _header(self):
         return self.packed if self.packed is not None else self.header.pack()
 
-    def pack(self) -> list:
-        """The pipeline's message (send with ``copy=False``)."""
-        return [self._header(), self.jpeg]
+    @staticmethod
+    def parts(header: bytes, jpeg) -> tuple:
+        """The pipeline's message from a packed header: ingest's hot path, which builds no
+        Frame."""
+        return header, jpeg
 
-    def publish(self) -> list:
+    @staticmethod
+    def published_parts(raw_topic: bytes, header: bytes, jpeg) -> tuple:
+        """The bus's message from a packed header and ``topic(RAW, client)`` (packed once
+        per client by ingest)."""
+        return raw_topic, header, jpeg
+
+    def pack(self) -> tuple:
+        """The pipeline's message (send with ``copy=False``)."""
+        return self.parts(self._header(), self.jpeg)
+
+    def publish(self) -> tuple:
         """The bus's message (send with ``copy=False``)."""
-        return [topic(RAW, self.header.client), self._header(), self.jpeg]
+        return self.published_parts(topic(RAW, self.header.client), self._header(), self.jpeg)
 
     @classmethod
     def unpack(cls, parts) -> Frame:

@@ -17,7 +17,6 @@ This module is the one reader of bus frame messages: the X display, the web view
 """
 from __future__ import annotations
 
-import json
 import socket
 import stat
 import time
@@ -146,11 +145,9 @@ def decode(message: wire.Frame | wire.Result,
                 del kept[next(iter(kept))]
         return Frame(header.client, header.session, header.seq, header.recv_ns, message.jpeg)
     try:
-        result = json.loads(bytes(message.payload))
-    except ValueError:
-        result = {"result": "not JSON"}
-    if not isinstance(result, dict):
-        result = {"result": result}
+        result = message.result
+    except wire.WireError:  # not a worker's (they publish JSON objects): kept, marked
+        result = {"result": "not a JSON object"}
     jpeg = message.jpeg
     annotated = message.annotated
     if not annotated and recent_raw is not None:  # the raw frame it is about, or

@@ -154,7 +154,7 @@ class Ingest(Handlers):
                 header = result.header
                 conn = self.numbered.get(header.session)
                 if conn is not None and conn.name == header.client:
-                    conn.emit("result", json.loads(bytes(result.payload)))
+                    conn.emit("result", result.result)
             except Exception as e:  # a bad message or a closing connection: skip it
                 if type(e) not in RESULT_ERRORS_LOGGED:
                     RESULT_ERRORS_LOGGED.add(type(e))

@@ -199,8 +199,7 @@ class Dispatcher:
             self.waiting -= 1
         box.frames.append(Pending(header, jpeg, seq, on_release, time.monotonic()))
         self.waiting += 1
-        # wire.Frame.publish's message, with the topic packed once per mailbox (a hot path)
-        send_parts(self.bus_pub, box.topic, header, jpeg)
+        send_parts(self.bus_pub, *wire.Frame.published_parts(box.topic, header, jpeg))
         if self.router is not None:
             self.router.frame(box.client, time.monotonic())
         if was_empty:
@@ -323,7 +322,7 @@ class Dispatcher:
         or stopping) and the frame is still ours."""
         while True:
             try:
-                send_parts(lane.push, header, jpeg)
+                send_parts(lane.push, *wire.Frame.parts(header, jpeg))
                 return True
             except zmq.Again:
                 if lane.worker is not None and not self.router.alive(lane.worker):

@@ -6,8 +6,8 @@ import time
 
 # Binary attachments one Socket.IO packet may announce, in either revision (an event of ours
 # carries one: the JPEG). The reference servers' parser (npm socket.io-parser 3.x and 4.x)
-# refuses more than 10; tests/test_hostile_net.py announces 4 and tests/test_legacy.py
-# expects 9 refused: 8 sits between.
+# refuses more than 10; tests/integration/test_hostile_net.py announces 4 and
+# tests/integration/test_legacy.py expects 9 refused: 8 sits between.
 MAX_ATTACHMENTS = 8
 
 

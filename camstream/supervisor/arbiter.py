@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from typing import Callable
@@ -41,7 +40,6 @@ from camstream.liveness import Liveness
 from camstream.rundir import RuntimeDirError
 from camstream.supervisor import children
 from camstream.supervisor.children import WORKER, ChildSpec, Slot
-from camstream.supervisor.children import worker_env  # noqa: F401 (camstream worker uses it)
 from camstream.supervisor.hub import Hub
 from camstream.supervisor.notify import Notifier
 

@@ -60,3 +60,35 @@ def test_the_check_sees_an_indexed_receive():
     tree = ast.parse("def f(sock):\n    parts = sock.recv_multipart()\n    return parts[1]\n"
                      "g = lambda s: s.recv_multipart(copy=False)[0]\n")
     assert indexed_receives(tree) == [3, 4]
+
+
+def is_send(node: ast.AST) -> bool:
+    func = node.func if isinstance(node, ast.Call) else None
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    return name in ("send_multipart", "send_parts")
+
+
+def mentions_wire(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "wire" for n in ast.walk(node))
+
+
+def hand_built_sends(tree: ast.AST) -> list[int]:
+    """Lines where a multipart message is sent whose parts camstream.wire did not put in
+    order: ``sock.send_multipart([topic, header, jpeg])`` rather than ``wire.X(...).pack()``."""
+    return sorted(node.lineno for node in ast.walk(tree) if is_send(node)
+                  and not any(mentions_wire(arg) for arg in node.args[1 if isinstance(
+                      node.func, ast.Name) else 0:]))
+
+
+def test_only_wire_puts_a_bus_message_together():
+    offenders = [f"{name}:{line}" for name, tree in sources(*PRODUCT)
+                 if name not in RECEIVERS for line in hand_built_sends(tree)]
+    assert not offenders, f"pack bus messages with camstream.wire: {offenders}"
+
+
+def test_the_check_sees_a_hand_built_send():
+    tree = ast.parse("sock.send_multipart([b'raw', header, jpeg])\n"
+                     "send_parts(sock, header, jpeg)\n"
+                     "sock.send_multipart(wire.Stats('x', {}).pack())\n"
+                     "send_parts(sock, *wire.Frame.parts(header, jpeg))\n")
+    assert hand_built_sends(tree) == [1, 2]

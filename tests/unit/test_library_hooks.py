@@ -1,6 +1,7 @@
 """The private internals of python-socketio, python-engineio, gevent and gevent-websocket that
-ingest overrides or leans on (none has a public extension point): each is still there, with the
-signature and the source it had in the releases tested. A failure here names the internal that
+ingest overrides or leans on (none has a public extension point), and of pytest-xdist that the
+tests' scheduler overrides: each is still there, with the signature and the source it had in
+the releases tested. A failure here names the internal that
 changed and what in camstream to re-check; once re-checked, update its hash here and move the
 upper bound in setup.cfg (CI moves those bounds deliberately, never a resolver by surprise).
 
@@ -20,17 +21,23 @@ import engineio.packet
 import engineio.socket
 import gevent.baseserver
 import gevent.pywsgi
+import gevent.queue
 import gevent.server
 import pytest
 import socketio
 import socketio.packet
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
+from geventwebsocket.websocket import Header, Stream, WebSocket
+from xdist.scheduler.loadfile import LoadFileScheduling
 
 from camstream.ingest.eio4 import server as eio4
 
 TESTED = {"python-socketio": "5.18.1", "python-engineio": "4.15.1", "gevent": "26.9.0",
-          "gevent-websocket": "0.10.1"}
+          "gevent-websocket": "0.10.1", "pytest-xdist": "3.8.0"}
+
+# classes compiled by Cython: their source is the module's .py, shipped beside the extension
+COMPILED = {klass: Path(gevent.__file__).parent / "queue.py"
+            for klass in (gevent.queue.Queue, gevent.queue.SimpleQueue)}
 
 # (class, attribute, what in camstream depends on it: re-check that when it changes, sha256 of
 # the defining source, first 16 hex digits)
@@ -45,6 +52,8 @@ HOOKS = [
     (socketio.Server, "_send_packet", "eio4.Server._handle_connect sends with it", "3b96d77d90f42cc9"),
     (socketio.base_server.BaseServer, "__init__", "eio4.Server reads self._binary_packet, "
      "self.environ, self.eio, self.handlers, self.namespace_handlers", "9fc899ce449365bf"),
+    (socketio.Server, "_handle_event_internal", "eio4.Server overrides it: an acked frame "
+     "answered when it leaves its mailbox, reserved and private event names", "915368374cbd50cb"),
     (socketio.packet.Packet, "decode", "eio4.BoundedPacket bounds the attachments", "81a70463f017cd00"),
     (socketio.packet.Packet, "add_attachment", "eio4.BoundedPacket: errors as ValueError",
      "06d1b6dbd2c254c6"),
@@ -89,6 +98,12 @@ HOOKS = [
      "4ccc44ca247e9420"),
     (Header, "__init__", "wsfast.read_header: Header(fin, opcode, flags, length), .mask",
      "717be12982b07985"),
+    (Header, "encode_header", "wsfast.ack_text: an ack's frame header", "2b8109a78d9b2817"),
+    (Stream, "__init__", "wsfast reads ws.stream.handler.rfile and ws.stream.read (payloads); "
+     "wsfast.AckWriter writes the rest of an ack with ws.stream.write", "b23339aa0e642cc1"),
+    # camstream/ingest/eio3/transport.py: gevent's queue
+    (gevent.queue.Queue, "_put", "eio3.transport.OutgoingQueue counts the bytes queued", "b7dc3d21dbd16879"),
+    (gevent.queue.Queue, "_get", "eio3.transport.OutgoingQueue counts the bytes queued", "c88cbf17c6f282a3"),
     # camstream/ingest/httpguard.py and app.py: gevent's server and the request handler
     (WebSocketHandler, "handle_one_request", "httpguard.GuardedHandler: the header timer",
      "ce0d1539e51eecd2"),
@@ -107,6 +122,11 @@ HOOKS = [
     (gevent.baseserver.BaseServer, "_start_accepting_if_started", "httpguard.GuardedServer: "
      "the accept pause after EMFILE (self._timer, self.loop.timer)", "56f312be1ffecfda"),
     (gevent.baseserver.BaseServer, "stop_accepting", "httpguard.GuardedServer", "3236effeb1120f97"),
+    # tests/conftest.py: the serial phase's scheduler
+    (LoadFileScheduling, "_split_scope", "conftest.SerialFirstScheduling: a serial test is a "
+     "unit of its own", "c72317595d7f197c"),
+    (LoadFileScheduling, "_assign_work_unit", "conftest.SerialFirstScheduling: the serial "
+     "units go first (self.workqueue, an OrderedDict of units)", "1d09338a6a2858c1"),
 ]
 
 
@@ -115,7 +135,7 @@ def defining_source(cls: type, name: str) -> tuple[type, str]:
     for klass in cls.__mro__:
         if name not in vars(klass):
             continue
-        path = Path(inspect.getsourcefile(klass))
+        path = COMPILED.get(klass) or Path(inspect.getsourcefile(klass))
         text = path.read_text()
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ClassDef) and node.name == klass.__name__:

@@ -15,8 +15,9 @@ Engine.IO close packet (:meth:`EngineIOServer.drop_all`: python-socketio's clien
 "sent away" and never reconnects).
 
 Each override says which library method it replaces and why; none of these has a public
-extension point, so tests/integration/test_conformance.py fails when the libraries change under them
-(setup.cfg bounds the versions).
+extension point, so tests/unit/test_library_hooks.py fingerprints each one and fails when a
+release changes it (setup.cfg bounds the versions at the releases tested), and
+tests/integration/test_conformance.py compares the behaviour with the reference servers.
 """
 from __future__ import annotations
 
