@@ -38,7 +38,7 @@ from camstream.ingest.eio3 import transport as legacy
 from camstream.ingest.eio4 import server as sioserver
 from camstream.config import Config
 from camstream.ingest.dispatch import Dispatcher
-from camstream.ingest.handlers import UNHANDLED, Conn, Handlers
+from camstream.ingest.handlers import NOT_CONNECTED, UNHANDLED, Conn, Handlers
 from camstream.ingest.limits import ConnectionCount
 from camstream.ingest.routing import Router
 from camstream.rundir import RuntimeDirError
@@ -290,11 +290,6 @@ def limit_websockets(app, limit: int, ledger: Ledger | None = None):
         finally:
             count.release(address)
     return middleware
-
-
-# what an event of the table is answered when its connection is unknown to ingest
-NOT_CONNECTED = {"authenticate": False,
-                 "frame": {"accepted": False, "seq": 0, "reason": "not connected"}}
 
 
 def socketio_server(ingest: Ingest, config: Config) -> socketio.Server:

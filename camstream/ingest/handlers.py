@@ -32,6 +32,12 @@ log = logging.getLogger("camstream.ingest")
 DEFAULT_REPLY_EVENT = "onAuthentication"
 REFUSED_LOGIN_GRACE = 0.5  # seconds between a refused login's reply and the disconnect
 UNHANDLED = object()       # on_event's answer to an unknown event: no ack, as the reference
+# the events of the table whose handler sends the ack itself, when the frame leaves its mailbox
+# (``on_frame(conn, args, ack)``): a transport passes it the ack rather than acking the return
+ACKED_LATER = frozenset({"frame"})
+# what an event of the table is answered when its connection is unknown to ingest
+NOT_CONNECTED = {"authenticate": False,
+                 "frame": {"accepted": False, "seq": 0, "reason": "not connected"}}
 
 
 class Conn:

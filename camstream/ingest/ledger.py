@@ -238,6 +238,9 @@ class Ledger:
                 del self.clients[name]
                 for key in DEPARTED_KEYS:
                     self.departed[key] += getattr(counts, key)
+                # the workers' sums too (health() counts them in departed from the totals):
+                # the name, back, starts a row of its own
+                self._done.pop(name, None)
             self.connected.pop(name, None)
             self.departed["clients"] += 1
 

@@ -48,7 +48,6 @@ Whatever a client sends that this layer does not understand is a protocol error 
 connection only: one log line, and the connection is closed.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 import json
 import logging
@@ -81,7 +80,7 @@ from camstream.ingest.eio3.session import (
     RejoinRequested,
     Session,
 )
-from camstream.ingest.handlers import UNHANDLED, Conn
+from camstream.ingest.handlers import ACKED_LATER, UNHANDLED, Conn
 from camstream.ingest import wsfast
 from camstream.ingest.wsfast import CLOSE_TOO_BIG, MessageTooBig, close_with
 
@@ -285,7 +284,7 @@ class Connection:
         self.flush()
         handlers = self.server.handlers
         for event in events:
-            if isinstance(event, EventReceived) and event.name == "frame" and \
+            if isinstance(event, EventReceived) and event.name in ACKED_LATER and \
                     event.ack_id is not None:  # acked when it leaves the mailbox
                 handlers.on_frame(self.conn, event.args, lambda result, ack_id=event.ack_id: (
                     self.session.ack(ack_id, result), self.flush_soon()))

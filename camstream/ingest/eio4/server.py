@@ -37,6 +37,7 @@ import engineio.socket
 import socketio
 
 from camstream.ingest import wsfast
+from camstream.ingest.handlers import ACKED_LATER
 from camstream.ingest.limits import MAX_ATTACHMENTS
 
 log = logging.getLogger("camstream.sioserver")
@@ -388,7 +389,7 @@ class Server(socketio.Server):
             if catch_all is not None:
                 catch_all(event, sid, *data[1:])
             return
-        if data and data[0] == "frame" and id is not None and self.on_frame is not None and \
+        if event in ACKED_LATER and id is not None and self.on_frame is not None and \
                 (namespace or "/") == "/":
             self.on_frame(sid, tuple(data[1:]), lambda result: server._send_packet(
                 eio_sid, self.packet_class(socketio.packet.ACK, namespace=namespace, id=id,
