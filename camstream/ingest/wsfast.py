@@ -43,7 +43,7 @@ try:
 except ImportError:  # websockets without its C extension: numpy below
     apply_mask = None
 
-log = logging.getLogger("camstream.wsfast")
+log = logging.getLogger("camstream.ingest.wsfast")
 MAX_CONTROL = 125  # RFC 6455 5.5: a control frame's payload
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NOT_UTF8 = 1007

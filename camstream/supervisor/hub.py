@@ -19,7 +19,7 @@ import zmq
 from camstream import bus, wire
 from camstream.config import Config
 
-log = logging.getLogger("camstream.pool")
+log = logging.getLogger("camstream.supervisor.hub")
 
 
 class Hub:

@@ -2,7 +2,7 @@
 children handed to the one arbiter (:class:`camstream.supervisor.arbiter.Supervisor`).
 
 ``camstream pool`` (:func:`pool`) runs the workers and hosts what the ingest nodes share:
-the bus (XSUB/XPUB, ipc and CURVE tcp) and a **streamer** (``zmq.proxy`` PULL -> PUSH, see
+the bus (XSUB/XPUB, ipc and CURVE tcp) and a **streamer** (PULL -> PUSH, a Python loop: see
 :class:`camstream.bus.Streamer`) whose PULL binds the tcp frames endpoint. Every ingest node
 (``camstream serve --ingest-only``, :func:`ingest_node`) connects its PUSH to that endpoint
 and its bus sockets to the pool's bus, so the pool binds and the nodes connect: nodes come and

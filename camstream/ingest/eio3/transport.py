@@ -84,7 +84,7 @@ from camstream.ingest.handlers import ACKED_LATER, UNHANDLED, Conn
 from camstream.ingest import wsfast
 from camstream.ingest.wsfast import CLOSE_TOO_BIG, MessageTooBig, close_with
 
-log = logging.getLogger("camstream.legacy")
+log = logging.getLogger("camstream.ingest.eio3")
 
 CLOSED_GRACE = 5.0          # seconds a closed polling session waits for its last poll
 TEXT_TYPE = "text/plain; charset=UTF-8"

@@ -40,7 +40,7 @@ from camstream.ingest import wsfast
 from camstream.ingest.handlers import ACKED_LATER
 from camstream.ingest.limits import MAX_ATTACHMENTS
 
-log = logging.getLogger("camstream.sioserver")
+log = logging.getLogger("camstream.ingest.eio4")
 
 # Event names a client may not send: npm socket.io-parser 4 refuses them as a malformed packet
 # and the reference server closes the connection; python-socketio would instead call its own
