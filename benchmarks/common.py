@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import zmq
 from camstream import bus, wire
 from tests import helpers
 from tests.helpers import free_port, make_jpeg, wait_for  # noqa: F401 (re-exported)
+from tests.helpers.procs import kill_leftovers, terminate
+from tests.helpers.waiting import WaitTimeout
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -82,25 +83,16 @@ def env_with_pythonpath() -> dict:
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM, a bounded wait, then SIGKILL of it and of whatever children it left."""
+    """``terminate`` it, then SIGKILL whatever children it left (listed while it ran: once it
+    has gone, its pid may be another process's)."""
     if proc.poll() is not None:
         return
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
         children = []
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for child in children:
-        try:
-            if child.is_running():
-                child.kill()
-        except psutil.Error:
-            pass
+    terminate(proc, timeout, kill_timeout=10)
+    kill_leftovers(children)
 
 
 class Server:
@@ -172,12 +164,7 @@ class Daemon(helpers.Daemon):
     def stop(self, timeout: float = 20) -> int:
         leftovers = self.children()
         code = super().stop(timeout)
-        for child in leftovers:
-            try:
-                if child.is_running():
-                    child.kill()
-            except psutil.Error:
-                pass
+        kill_leftovers(leftovers)
         return code
 
     def ingest(self) -> psutil.Process:
@@ -213,6 +200,18 @@ class Script(Server):
 
 # -- clients ----------------------------------------------------------------------------------
 
+def wait_connected(procs: list[tuple[subprocess.Popen, Path]], timeout: float) -> None:
+    """Wait at most ``timeout`` s for each client to write ``<out>.ready`` (or exit), then go
+    on regardless: a client that never connected says so in its report."""
+    def connected():
+        return all(Path(f"{out}.ready").exists() or proc.poll() is not None
+                   for proc, out in procs)
+    try:
+        wait_for(connected, timeout, interval=0.05, what="the clients to connect")
+    except WaitTimeout:
+        pass
+
+
 class Clients:
     """Client processes of ``benchmarks.loadclient``. Each connects and says so; once all have
     (or ``connect_timeout`` passed) they are told a common start time, shortly after."""
@@ -233,12 +232,7 @@ class Clients:
                                     cwd=ROOT, env=env_with_pythonpath(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.procs.append((proc, out))
-        deadline = time.monotonic() + connect_timeout
-        while time.monotonic() < deadline:
-            if all(Path(str(out) + ".ready").exists() or proc.poll() is not None
-                   for proc, out in self.procs):
-                break
-            time.sleep(0.05)
+        wait_connected(self.procs, connect_timeout)
         self.start_at = time.time() + 0.3
         tmp = self.go.with_suffix(".tmp")
         tmp.write_text(repr(self.start_at))

@@ -24,9 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from benchmarks.common import (
     BENCH,
     NODE,
@@ -35,21 +32,10 @@ from benchmarks.common import (
     Daemon,
     cpu_seconds,
     summary_stats,
+    wait_connected,
 )
 from benchmarks.suite import parse_collapsed
-
-
-def jpeg_of_size(kb: int) -> bytes:
-    """A noise JPEG of about ``kb`` KB (quality searched): the bytes matter, not the image."""
-    rng = np.random.default_rng(kb)
-    side = 64
-    while True:
-        img = rng.integers(0, 255, (side, side * 4 // 3, 3), dtype=np.uint8)
-        data = cv2.imencode(".jpg", cv2.GaussianBlur(img, (0, 0), 1.0),
-                            [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
-        if len(data) >= kb * 1000:
-            return data
-        side += 16
+from tests.helpers.images import jpeg_of_size
 
 
 def tree_env(workdir: Path, tree: str) -> tuple[dict, str]:
@@ -84,10 +70,7 @@ def run_clients(url: str, workdir: Path, client: str, frame: Path, window: int, 
         procs.append((subprocess.Popen([NODE, str(BENCH / "ackclient.js"), json.dumps(cfg)],
                                        cwd=ROOT, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL), out))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(
-            Path(f"{out}.ready").exists() or p.poll() is not None for p, out in procs):
-        time.sleep(0.05)
+    wait_connected(procs, 30)
     start = time.time() + 0.3
     go.with_suffix(".tmp").write_text(repr(start))
     go.with_suffix(".tmp").rename(go)
@@ -208,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = {}
         for kb in (int(s) for s in args.sizes.split(",")):
             frames[kb] = workdir / f"frame-{kb}k.jpg"
-            frames[kb].write_bytes(jpeg_of_size(kb))
+            frames[kb].write_bytes(jpeg_of_size(kb * 1000, seed=kb))
         daemons = {}
         try:
             for tree in trees:

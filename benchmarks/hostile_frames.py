@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import requests
@@ -29,28 +27,17 @@ def main() -> int:
     parser.add_argument("--tree", default=str(ROOT), help="source tree to run the daemon from")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    from tests.helpers import free_port
+    from tests.helpers import Daemon
     from tests.helpers.hostile_jpeg import declaring, repeated_scans
     from tests.helpers.streaming import Streamer
 
     attacks = [repeated_scans(4096, 4096, 16680), repeated_scans(4000, 4000, 16680),
                declaring(8192, 8192)]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "camstream", "serve", "-i", "127.0.0.1", "-p", str(port), "-w",
-         "2", "--max-fps", "10", "--runtime-dir", f"/tmp/camstream-bench-{port}"],
-        cwd=args.tree, env={**os.environ, "PYTHONPATH": args.tree},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url + "/healthz", timeout=1).json()["workers"]["alive"] >= 2:
-                    break
-            except (requests.RequestException, ValueError, KeyError):
-                pass
-            time.sleep(0.2)
+    with tempfile.TemporaryDirectory(prefix="camstream-hostile-") as tmp, \
+            Daemon(Path(tmp), "--max-fps", "10", workers=2, env={"PYTHONPATH": args.tree},
+                   cwd=Path(args.tree)) as serve:
+        serve.wait_ready(60)
+        url = serve.url
         alice = Streamer(url, "alice", fps=10).start()
         mallory = Streamer(url, "mallory", fps=10, frames=attacks).start()
         start, statuses, alive, rss = time.monotonic(), set(), 99, 0
@@ -58,7 +45,7 @@ def main() -> int:
             h = requests.get(url + "/healthz", timeout=5).json()
             statuses.add(h["status"])
             alive = min(alive, h["workers"]["alive"])
-            for child in psutil.Process(serve.pid).children(recursive=True):
+            for child in serve.children():
                 try:
                     if "worker" in " ".join(child.cmdline()):
                         rss = max(rss, child.memory_info().rss)
@@ -79,15 +66,6 @@ def main() -> int:
             "statuses_seen": sorted(statuses), "min_workers_alive": alive,
             "max_worker_rss_mb": round(rss / 2 ** 20),
             "worker_restarts": h["workers"]["restarts"]}))
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            for child in psutil.Process(serve.pid).children(recursive=True):
-                child.kill()
-            serve.kill()
-            serve.wait()
     return 0
 
 

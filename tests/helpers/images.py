@@ -21,3 +21,14 @@ def make_jpeg(width: int = 320, height: int = 240, quality: int = 80, seed: int 
         cv2.putText(img, label, (10, height // 2), cv2.FONT_HERSHEY_SIMPLEX,
                     max(0.4, width / 640), (255, 255, 255), 2)
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def jpeg_of_size(min_bytes: int, seed: int = 0) -> bytes:
+    """The smallest 4:3 ``make_jpeg`` frame (q85, light blur), grown 16 px at a time, of at least
+    ``min_bytes``: for a benchmark where the bytes matter, not the picture."""
+    height = 64
+    while True:
+        data = make_jpeg(height * 4 // 3, height, 85, seed=seed, sigma=1.0)
+        if len(data) >= min_bytes:
+            return data
+        height += 16

@@ -17,16 +17,28 @@ from tests.helpers.waiting import wait_for
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def terminate(proc: subprocess.Popen, timeout: float = 5) -> int:
-    """Stop a process a test started, by its pid: SIGTERM, a bounded wait, then SIGKILL."""
+def terminate(proc: subprocess.Popen, timeout: float = 5,
+              kill_timeout: float | None = None) -> int:
+    """Stop a process a test started, by its pid: SIGTERM, a bounded wait, then SIGKILL (and a
+    wait of ``kill_timeout`` s, if given, for it to go)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=kill_timeout)
     return proc.returncode
+
+
+def kill_leftovers(procs: list[psutil.Process]) -> None:
+    """SIGKILL those of ``procs`` still running: the children a stopped process left behind."""
+    for p in procs:
+        try:
+            if p.is_running():
+                p.kill()
+        except psutil.Error:
+            pass
 
 
 def proc_title(p: psutil.Process) -> str:
@@ -109,12 +121,7 @@ class Daemon:
         """Stop the daemon, then kill any child it left behind (a test must leave nothing)."""
         leftovers = self.children()
         self.stop()
-        for p in leftovers:
-            try:
-                if p.is_running():
-                    p.kill()
-            except psutil.Error:
-                pass
+        kill_leftovers(leftovers)
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
