@@ -176,8 +176,39 @@ def send(args: argparse.Namespace, password: str) -> int:
     except ValueError as e:
         print(f"camstream send: error: {e}", file=sys.stderr)
         return 2
-    transports = {"websocket": ["websocket"], "polling": ["polling"],
-                  "default": ["polling", "websocket"]}[args.transport]
+    tally = Tally()
+    reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
+    sio, session, login = make_client(args, password, tally, reader_gone)
+    refused = connect(sio, args, password, session, login)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 1
+    if args.legacy:
+        before = client_counts(args.url, args.username, session.verify, password)
+    live = not args.quiet and sys.stderr.isatty()
+    try:
+        no_results_said = stream(sio, args, frames, tally, reader_gone, live)
+    finally:
+        if args.legacy:
+            time.sleep(0.2)  # frames without acks: let the last ones leave the socket
+        if args.results:
+            wait_for_results(tally, tally.sent if args.legacy else tally.accepted)
+        sio.disconnect()
+    print(("\r" if live else "") + tally.line(args.legacy), file=sys.stderr)
+    if args.results and not tally.results and not no_results_said and \
+            (tally.accepted or args.legacy and tally.sent):
+        print(NO_RESULTS, file=sys.stderr)
+    if args.legacy and tally.sent:
+        print(counts_line(args, before, tally.sent, session.verify, password),
+              file=sys.stderr)
+    return 0
+
+
+def make_client(args: argparse.Namespace, password: str, tally: Tally,
+                reader_gone: threading.Event) -> tuple[socketio.Client, requests.Session, dict]:
+    """A socket.io client with send's handlers: the Android app's login (``--legacy``), the
+    refusal's reason and wait, ``--results`` printed as JSON lines. ``login`` (the dict
+    returned) is what the handlers learnt."""
     session = requests.Session()  # polling, and the websocket's certificate check
     session.verify = tls_verify(args)
     if session.verify is not True:  # else REQUESTS_CA_BUNDLE would override what was asked
@@ -186,8 +217,8 @@ def send(args: argparse.Namespace, password: str) -> int:
                           http_session=session, ssl_verify=session.verify is not False)
     login = {"event": threading.Event(), "ok": None, "error": None}
 
-    @sio.event
-    def connect():
+    @sio.on("connect")
+    def on_connect():
         if args.legacy:
             sio.emit("authenticate", (args.username, password, "onAuthentication"))
 
@@ -196,14 +227,12 @@ def send(args: argparse.Namespace, password: str) -> int:
         login["ok"] = bool(ok)
         login["event"].set()
 
-    @sio.event
-    def connect_error(data):
+    @sio.on("connect_error")
+    def on_connect_error(data):
         login["error"] = data.get("message") if isinstance(data, dict) else str(data)
         if isinstance(data, dict) and isinstance(data.get("data"), dict):
             login["retry_in_s"] = data["data"].get("retry_in_s")
 
-    tally = Tally()
-    reader_gone = threading.Event()  # --results piped into a reader that stopped (| head)
     if args.results:
         tally.results = 0
 
@@ -218,27 +247,35 @@ def send(args: argparse.Namespace, password: str) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 reader_gone.set()
 
+    return sio, session, login
+
+
+def connect(sio: socketio.Client, args: argparse.Namespace, password: str,
+            session: requests.Session, login: dict) -> str | None:
+    """Connect and log in; the line to print if that failed (then nothing is left open)."""
+    transports = {"websocket": ["websocket"], "polling": ["polling"],
+                  "default": ["polling", "websocket"]}[args.transport]
     auth = None if args.legacy else {"username": args.username, "password": password}
     try:
         sio.connect(args.url, auth=auth, transports=transports, wait_timeout=10)
     except socketio.exceptions.ConnectionError as e:
         if login["error"] == "authentication failed":
-            print(refused_login(args, login.get("retry_in_s")), file=sys.stderr)
-            return 1
+            return refused_login(args, login.get("retry_in_s"))
         hint = " (a certificate of your own? --cafile PEM, or --insecure)" \
             if args.url.startswith("https:") and session.verify is True else ""
-        print(f"camstream send: cannot connect to {args.url}: {login['error'] or e}{hint}",
-              file=sys.stderr)
-        return 1
-    if args.legacy:
-        if not login["event"].wait(10) or not login["ok"]:
-            print(refused_login(args), file=sys.stderr)
-            sio.disconnect()
-            return 1
-        before = client_counts(args.url, args.username, session.verify, password)
+        return f"camstream send: cannot connect to {args.url}: {login['error'] or e}{hint}"
+    if args.legacy and (not login["event"].wait(10) or not login["ok"]):
+        sio.disconnect()
+        return refused_login(args)
+    return None
+
+
+def stream(sio: socketio.Client, args: argparse.Namespace, frames, tally: Tally,
+           reader_gone: threading.Event, live: bool) -> bool:
+    """Send ``frames`` at ``--fps`` until ``--count``, the source's end, Ctrl-C or a results
+    reader gone; the tally on the terminal once a second. Whether NO_RESULTS was said."""
     tally.started = time.monotonic()
     no_results_said = False
-    live = not args.quiet and sys.stderr.isatty()
     interval = 1.0 / args.fps if args.fps > 0 else 0.0
     next_at = time.monotonic()
     last_print = 0.0
@@ -261,20 +298,7 @@ def send(args: argparse.Namespace, password: str) -> int:
                 break
     except KeyboardInterrupt:
         pass
-    finally:
-        if args.legacy:
-            time.sleep(0.2)  # frames without acks: let the last ones leave the socket
-        if args.results:
-            wait_for_results(tally, tally.sent if args.legacy else tally.accepted)
-        sio.disconnect()
-    print(("\r" if live else "") + tally.line(args.legacy), file=sys.stderr)
-    if args.results and not tally.results and not no_results_said and \
-            (tally.accepted or args.legacy and tally.sent):
-        print(NO_RESULTS, file=sys.stderr)
-    if args.legacy and tally.sent:
-        print(counts_line(args, before, tally.sent, session.verify, password),
-              file=sys.stderr)
-    return 0
+    return no_results_said
 
 
 NO_RESULTS = ("camstream send: no results come back: the daemon sends them only when it "
