@@ -1,9 +1,10 @@
 """A streaming client in a thread: a python-socketio client that sends frames with acks at
-a steady rate, reconnects by itself, and records every answer."""
+a steady rate, reconnects by itself (unless told not to), and records every answer."""
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import socketio
 
@@ -13,20 +14,37 @@ from tests.helpers import make_jpeg
 class Streamer:
     def __init__(self, url: str, name: str, fps: float = 20.0, password: str = "",
                  frames: list[bytes] | None = None, transports=("websocket",),
-                 reconnection: dict | None = None) -> None:
+                 reconnection: dict | bool | None = None,
+                 frame: Callable[[int], bytes] | None = None, timeout: float = 5,
+                 catch_up: bool = False, failures_as_acks: bool = False) -> None:
         """``reconnection``: python-socketio's reconnection options (default: back within
-        0.2-1 s); ``{}`` keeps the library's own (1-5 s)."""
+        0.2-1 s); ``{}`` keeps the library's own (1-5 s); ``False``: none, so that a dropped
+        connection shows as errors.
+        ``frame``: a callable giving the n-th frame (default: ``frames`` in turn), for a test
+        that must tell one frame from another; ``sent[n]`` is when it left.
+        ``catch_up``: keep to a fixed schedule, a slow ack made up by shorter waits after it,
+        for a test that counts frames over a window.
+        ``failures_as_acks``: a failed call goes into ``acks`` too, as ``{"accepted": False,
+        "reason": ...}``, so that a check over ``acks`` sees it."""
         self.url, self.name, self.fps, self.password = url, name, fps, password
         self.frames = frames or [make_jpeg(seed=i) for i in range(8)]
+        self.frame = frame or (lambda n: self.frames[n % len(self.frames)])
+        self.timeout, self.catch_up, self.failures_as_acks = timeout, catch_up, failures_as_acks
         self.acks: list[dict] = []
+        self.sent: dict[int, float] = {}
         self.errors = 0
         self.disconnects = 0
         self._stop = threading.Event()
         self.transports = list(transports)
         self.connects = 0
-        self.sio = socketio.Client(reconnection=True, **(
-            {"reconnection_delay": 0.2, "reconnection_delay_max": 1}
-            if reconnection is None else reconnection))
+        if reconnection is False:
+            options = {"reconnection": False}
+        elif reconnection is None:
+            options = {"reconnection": True, "reconnection_delay": 0.2,
+                       "reconnection_delay_max": 1}
+        else:
+            options = {"reconnection": True, **reconnection}
+        self.sio = socketio.Client(**options)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -46,25 +64,36 @@ class Streamer:
 
     def _run(self) -> None:
         n = 0
+        due = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
+            self.sent[n] = started
             try:
-                ack = self.sio.call("frame", ({}, self.frames[n % len(self.frames)]), timeout=5)
+                ack = self.sio.call("frame", ({}, self.frame(n)), timeout=self.timeout)
                 self.acks.append(ack)
-            except socketio.exceptions.SocketIOError:
+            except socketio.exceptions.SocketIOError as e:
                 self.errors += 1
+                if self.failures_as_acks:
+                    self.acks.append({"accepted": False, "reason": repr(e)})
                 time.sleep(0.1)
             n += 1
             if self.fps:
-                self._stop.wait(max(0.0, 1.0 / self.fps - (time.monotonic() - started)))
+                due = (due if self.catch_up else started) + 1.0 / self.fps
+                self._stop.wait(max(0.0, due - time.monotonic()))
 
     @property
     def accepted(self) -> int:
         return sum(1 for a in self.acks if a.get("accepted"))
 
+    @property
+    def failed(self) -> int:
+        """Frames refused or calls that failed."""
+        return len(self.acks) - self.accepted + (0 if self.failures_as_acks else self.errors)
+
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(timeout=10)
+        if self.thread.ident is not None:  # started (a failed connect starts nothing)
+            self.thread.join(timeout=self.timeout + 5)
         if self.sio.connected:
             self.sio.disconnect()
 

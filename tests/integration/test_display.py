@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import numpy as np
 import psutil
 import requests
 import pytest
-import socketio
 from tests.helpers import ROOT, Daemon, make_jpeg, wait_for
+from tests.helpers.streaming import Streamer
 from tests.helpers.xvfb import screen  # noqa: F401  (the fixture)
 
 FPS = 10
@@ -34,43 +33,17 @@ def daemon(tmp_path_factory):
         d.shutdown()
 
 
-class Streamer(threading.Thread):
-    """Send ``frame(n)`` with an ack at ``fps`` until stopped; remember when each n left."""
-
-    def __init__(self, sio, frame, fps: float = FPS) -> None:
-        super().__init__(daemon=True)
-        self.sio, self.frame, self.period = sio, frame, 1 / fps
-        self.sent: dict[int, float] = {}
-        self.acks: list[dict] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        next_at = time.monotonic()
-        while not self.halt.is_set():
-            n += 1
-            self.sent[n] = time.monotonic()
-            try:
-                self.acks.append(self.sio.call("frame", ({"n": n}, self.frame(n)), timeout=10))
-            except socketio.exceptions.SocketIOError as e:
-                self.acks.append({"accepted": False, "reason": repr(e)})
-            next_at += self.period
-            self.halt.wait(max(0.0, next_at - time.monotonic()))
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=15)
-
-
 @pytest.fixture
 def streamers():
+    """Clients streaming ``frame(n)`` at ``fps`` on a fixed schedule (a test counts frames
+    over a window), failed calls among their acks; each stopped after the test."""
     made: list[Streamer] = []
 
-    def start(sio, frame, fps: float = FPS) -> Streamer:
-        s = Streamer(sio, frame, fps)
+    def start(url: str, name: str, frame, fps: float = FPS) -> Streamer:
+        s = Streamer(url, name, fps=fps, frame=frame, timeout=10, reconnection=False,
+                     catch_up=True, failures_as_acks=True)
         made.append(s)
-        s.start()
-        return s
+        return s.start()
     yield start
     for s in made:
         s.stop()
@@ -121,11 +94,11 @@ def window(screen, name: str, timeout: float = 20) -> str:  # noqa: F811
     return wait_for(lambda: screen.windows(name), timeout, what=f"a window named {name}")[0]
 
 
-def test_two_clients_two_windows_showing_their_pictures(daemon, clients, streamers,
-                                                         displays, screen):  # noqa: F811
+def test_two_clients_two_windows_showing_their_pictures(daemon, streamers, displays,
+                                                         screen):  # noqa: F811
     pictures = {"ann": make_jpeg(320, 240, seed=11), "ben": make_jpeg(320, 240, seed=22)}
     for name, jpeg in pictures.items():
-        streamers(clients(daemon.url, name), lambda n, jpeg=jpeg: jpeg)
+        streamers(daemon.url, name, lambda n, jpeg=jpeg: jpeg)
     displays(env=screen.env)
     sources = {name: decoded(jpeg) for name, jpeg in pictures.items()}
     for name, other in (("ann", "ben"), ("ben", "ann")):
@@ -139,9 +112,9 @@ def test_two_clients_two_windows_showing_their_pictures(daemon, clients, streame
 
 
 @pytest.mark.serial
-def test_attach_detach_three_times_costs_ingest_nothing(daemon, clients, streamers, displays,
+def test_attach_detach_three_times_costs_ingest_nothing(daemon, streamers, displays,
                                                         screen):  # noqa: F811
-    streamer = streamers(clients(daemon.url, "cyd"), lambda n: make_jpeg(320, 240, seed=n % 7))
+    streamer = streamers(daemon.url, "cyd", lambda n: make_jpeg(320, 240, seed=n % 7))
     detaches = [("q", 0), ("SIGINT", 0), ("SIGKILL", -signal.SIGKILL)]
     for how, code in detaches:
         p = displays(env=screen.env)
@@ -166,15 +139,15 @@ def test_attach_detach_three_times_costs_ingest_nothing(daemon, clients, streame
 
 
 @pytest.mark.serial
-def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, streamers,
-                                                           displays, screen):  # noqa: F811
+def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, streamers, displays,
+                                                           screen):  # noqa: F811
     fps = 20
     frames = {}
 
     def frame(n: int) -> bytes:
         frames[n] = make_jpeg(320, 240, seed=1000 + n)
         return frames[n]
-    streamer = streamers(clients(daemon.url, "dee"), frame, fps=fps)
+    streamer = streamers(daemon.url, "dee", frame, fps=fps)
     p = displays(env=screen.env)
     wid = window(screen, "dee")
 
@@ -227,17 +200,14 @@ def test_a_frozen_display_stalls_nothing_and_resumes_fresh(daemon, clients, stre
     assert screen.windows("dee") == [wid]  # its own stop was not taken for the client's silence
 
 
-def test_a_leaving_client_closes_only_its_window(daemon, clients, streamers, displays,
+def test_a_leaving_client_closes_only_its_window(daemon, streamers, displays,
                                                  screen):  # noqa: F811
-    stay = clients(daemon.url, "eli")
-    leave = clients(daemon.url, "fay")
-    streamers(stay, lambda n: make_jpeg(320, 240, seed=3))
-    going = streamers(leave, lambda n: make_jpeg(320, 240, seed=4))
+    streamers(daemon.url, "eli", lambda n: make_jpeg(320, 240, seed=3))
+    going = streamers(daemon.url, "fay", lambda n: make_jpeg(320, 240, seed=4))
     displays("--idle", "60", env=screen.env)  # only the leave event may close it
     window(screen, "eli")
     window(screen, "fay")
-    going.stop()
-    leave.disconnect()
+    going.stop()  # and disconnects
     wait_for(lambda: not screen.windows("fay"), 10, what="fay's window to close")
     time.sleep(1)
     assert screen.windows("eli"), "eli's window closed too"
@@ -247,11 +217,10 @@ def headless_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
 
 
-def test_snapshot_mode_writes_the_newest_frame_per_client(daemon, clients, streamers,
-                                                          displays, tmp_path):
+def test_snapshot_mode_writes_the_newest_frame_per_client(daemon, streamers, displays,
+                                                          tmp_path):
     picture = make_jpeg(320, 240, seed=55)
-    sio = clients(daemon.url, "gus")
-    streamer = streamers(sio, lambda n: picture)
+    streamer = streamers(daemon.url, "gus", lambda n: picture)
     folder = tmp_path / "snap"
     p = displays("--snapshot", str(folder), env=headless_env())
     jpg = folder / "gus.jpg"
@@ -259,8 +228,7 @@ def test_snapshot_mode_writes_the_newest_frame_per_client(daemon, clients, strea
     image = decoded(jpg.read_bytes())
     assert image is not None and image.shape == (240, 320, 3)
     assert float(np.mean(cv2.absdiff(image, decoded(picture)))) < 2
-    streamer.stop()
-    sio.disconnect()
+    streamer.stop()  # and disconnects
     info = folder / "gus.json"
     wait_for(lambda: json.loads(info.read_text()).get("left"), 10,
              what="gus.json to say gus left")
@@ -273,13 +241,11 @@ def run_display(*args: str, env: dict) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, timeout=30, cwd=ROOT)
 
 
-def test_processed_view_lives_from_its_first_frame(daemon, clients, streamers, displays,
-                                                  tmp_path):
+def test_processed_view_lives_from_its_first_frame(daemon, streamers, displays, tmp_path):
     """--processed: a stream's view appears with its first result and is not closed as idle
     at once (its age once started from zero: "closing its view (no frames for 5 s)" came right
     after "showing its stream")."""
-    sio = clients(daemon.url, "hal")
-    streamers(sio, lambda n: make_jpeg(320, 240, seed=n % 5))
+    streamers(daemon.url, "hal", lambda n: make_jpeg(320, 240, seed=n % 5))
     folder = tmp_path / "processed"
     p = displays("--processed", "--snapshot", str(folder), env=headless_env())
     wait_for(lambda: (folder / "hal.json").exists() and

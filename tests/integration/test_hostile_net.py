@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 import requests
+import socketio
 import zmq
 from tests.helpers import make_jpeg, make_users, wait_for
-from tests.helpers.rawclient import CLOSED, TIMEOUT, RawPoll, RawWS
+from tests.helpers.rawclient import CLOSED, RawPoll, RawWS
+from tests.helpers.streaming import Streamer
 
 from camstream.users import UsersError, check_name
 
@@ -28,32 +29,10 @@ def ingest_rss(d) -> float:
     return d.child("ingest").memory_info().rss / MiB
 
 
-def streamer(url: str, name: str, stop: threading.Event, fps: float = 10.0) -> dict:
-    """A real python-socketio client sending acked frames at ``fps`` in a thread of its own,
-    until ``stop``; its counts in the returned dict."""
-    import socketio
-    out = {"accepted": 0, "failed": 0, "error": None}
-    jpeg = make_jpeg(160, 120)
-
-    def run():
-        sio = socketio.Client(reconnection=False)
-        try:
-            sio.connect(url, transports=["websocket"], wait_timeout=10,
-                        auth={"username": name, "password": ""})
-            while not stop.is_set():
-                try:
-                    ack = sio.call("frame", ({}, jpeg), timeout=5)
-                    out["accepted" if ack.get("accepted") else "failed"] += 1
-                except Exception:  # noqa: BLE001 (a timeout counts as a failure)
-                    out["failed"] += 1
-                stop.wait(1 / fps)
-        except Exception as e:  # noqa: BLE001
-            out["error"] = repr(e)
-        finally:
-            sio.disconnect()
-    out["thread"] = threading.Thread(target=run, daemon=True)
-    out["thread"].start()
-    return out
+def bystander(url: str, name: str) -> Streamer:
+    """A real python-socketio client sending acked frames at 10 fps, without reconnecting
+    (a dropped connection must show as failures); not started."""
+    return Streamer(url, name, fps=10, frames=[make_jpeg(160, 120)], reconnection=False)
 
 
 # -- 15. user names: a full match ---------------------------------------------------------------
@@ -175,9 +154,8 @@ def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemon
     """A frame header announcing 2 GiB, then 200 MB of it: ingest closes the websocket with
     1009 after the header, its memory stays flat, and another client streams on."""
     d = daemons("--max-frame-size", "1MiB", workers=1)
-    stop = threading.Event()
-    other = streamer(d.url, "bystander", stop)
-    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    other = bystander(d.url, "bystander").start()
+    wait_for(lambda: other.accepted >= 5, 15, what="the bystander streaming")
     before = ingest_rss(d)
     s, early = raw_websocket(d.port, eio)
     received = Received(s, early)
@@ -194,16 +172,15 @@ def test_a_websocket_frame_announcing_2_gib_is_refused_before_its_payload(daemon
     peak = ingest_rss(d)
     code = received.close_code()
     s.close()
-    accepted = other["accepted"]
-    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
-    stop.set()
-    other["thread"].join(10)
+    accepted = other.accepted
+    wait_for(lambda: other.accepted >= accepted + 5, 15, what="the bystander going on")
+    other.stop()
     print(f"EIO{eio}: sent {sent} MB of a 2 GiB frame; ingest RSS {before:.0f} -> "
           f"{peak:.0f} MB; close code {code}")
     assert code == 1009
     assert d.health()["limits"].get("message_too_big") == 1
     assert peak - before < 20, f"ingest grew {peak - before:.0f} MB"
-    assert other["error"] is None and other["failed"] == 0
+    assert other.failed == 0, other.failed  # (a failed connect raised at start)
 
 
 # -- 6. Engine.IO 3 pings echoed into a queue nobody polls ------------------------------------
@@ -213,9 +190,8 @@ def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
     bounded in bytes (the session closed beyond it) and so is each ping; ingest's memory stays
     flat and a streaming client does not notice."""
     d = daemons(workers=1)
-    stop = threading.Event()
-    other = streamer(d.url, "bystander", stop)
-    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    other = bystander(d.url, "bystander").start()
+    wait_for(lambda: other.accepted >= 5, 15, what="the bystander streaming")
     before = ingest_rss(d)
     big = RawPoll(d.url, eio=3)
     mb_ping = "2" + "x" * MiB
@@ -226,10 +202,9 @@ def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
     small_statuses = [small.post(small.packets(*[ping] * 256)) for _ in range(200)]
     after_small = ingest_rss(d)
     status, body = small.get(timeout=5)
-    accepted = other["accepted"]
-    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
-    stop.set()
-    other["thread"].join(10)
+    accepted = other.accepted
+    wait_for(lambda: other.accepted >= accepted + 5, 15, what="the bystander going on")
+    other.stop()
     limits = d.health().get("limits", {})
     print(f"1 MB pings: POST statuses {sorted(set(statuses))}, ingest RSS {before:.0f} -> "
           f"{after_big:.0f} MB; 60-byte pings: statuses {sorted(set(small_statuses))}, "
@@ -238,7 +213,7 @@ def test_legacy_pings_cannot_grow_a_queue_nobody_polls(daemons):
     assert 400 in small_statuses and len(body) < 2 * MiB
     assert after_small - before < 30, f"ingest grew {after_small - before:.0f} MB"
     assert limits.get("ping_too_big") == 1 and limits.get("outgoing_queue") == 1
-    assert other["error"] is None and other["failed"] == 0
+    assert other.failed == 0, other.failed  # (a failed connect raised at start)
 
 
 # -- 2. transport session ids: the credential of a polling session ----------------------------
@@ -439,19 +414,18 @@ def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
                    timeout=10)
     started = time.monotonic()
     socks = half_open(d.port, 3000)
-    client = {"accepted": 0, "error": None}
+    client, error = bystander(d.url, "real"), None
     try:
         t0 = time.monotonic()
         health = requests.get(d.url + "/healthz", timeout=10).json()
         health_s = time.monotonic() - t0
-        stop = threading.Event()
-        client = streamer(d.url, "real", stop)
         try:
-            wait_for(lambda: client["accepted"] >= 10 or client["error"], 30,
-                     what="the real client streaming")
+            client.start()
+            wait_for(lambda: client.accepted >= 10, 30, what="the real client streaming")
+        except socketio.exceptions.ConnectionError as e:  # reported in the summary below
+            error = repr(e)
         finally:
-            stop.set()
-            client["thread"].join(10)
+            client.stop()
         fds = ingest.num_fds()
     finally:
         for s in socks:
@@ -459,12 +433,12 @@ def test_3000_half_open_requests_leave_room_for_a_real_client(daemons, pending):
     log = d.output()
     emfile_lines = log.count("out of file descriptors")
     summary = (f"{len(socks)} half-open connections, max pending {pending or 512}: /healthz in "
-               f"{health_s:.2f} s, the real client {client['accepted']} frames accepted "
-               f"(error {client['error']}), ingest fds {fds}, limits {health['limits']}, "
+               f"{health_s:.2f} s, the real client {client.accepted} frames accepted "
+               f"(error {error}), ingest fds {fds}, limits {health['limits']}, "
                f"EMFILE lines {emfile_lines}, tracebacks {log.count('Traceback')}")
     print(summary)
     assert len(socks) == 3000, summary
-    assert client["error"] is None and client["accepted"] >= 10, summary
+    assert error is None and client.accepted >= 10, summary
     assert "Traceback" not in log and "Too many open files" not in log, summary + log[-3000:]
     assert health["limits"].get("pending_evicted", 0) + \
         health["limits"].get("file_limit_evicted", 0) >= 1000, summary
@@ -524,9 +498,8 @@ def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons,
     message's worth; one that announces an attachment and sends nothing is closed after
     --incomplete-timeout. Ingest's memory stays flat and a streaming client goes on."""
     d = daemons("--max-frame-size", "1MiB", "--incomplete-timeout", "2", workers=1)
-    stop = threading.Event()
-    other = streamer(d.url, "bystander", stop)
-    wait_for(lambda: other["accepted"] >= 5, 15, what="the bystander streaming")
+    other = bystander(d.url, "bystander").start()
+    wait_for(lambda: other.accepted >= 5, 15, what="the bystander streaming")
     before = ingest_rss(d)
     holders, closed = [], 0
     placeholders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(4))
@@ -549,10 +522,9 @@ def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons,
     idle_end = idle.wait_for(lambda m: False, 10)
     idle_s = time.monotonic() - t0
     idle.close()
-    accepted = other["accepted"]
-    wait_for(lambda: other["accepted"] >= accepted + 5, 15, what="the bystander going on")
-    stop.set()
-    other["thread"].join(10)
+    accepted = other.accepted
+    wait_for(lambda: other.accepted >= accepted + 5, 15, what="the bystander going on")
+    other.stop()
     limits = d.health()["limits"]
     print(f"EIO{eio}: 20 connections x 3 x 1.5 MB of announced attachments: ingest RSS "
           f"{before:.0f} -> {peak:.0f} MB, {closed} of 20 closed; an idle incomplete event "
@@ -561,7 +533,7 @@ def test_attachments_announced_and_never_sent_are_bounded_and_timed_out(daemons,
     assert peak - before < 40, f"ingest grew {peak - before:.0f} MB"
     assert idle_end == CLOSED and 1.5 < idle_s < 5
     assert limits.get("incomplete_bytes") == 20 and limits.get("incomplete_timeout") == 1
-    assert other["error"] is None and other["failed"] == 0
+    assert other.failed == 0, other.failed  # (a failed connect raised at start)
 
 
 def test_incomplete_events_are_bounded_all_together():
@@ -741,8 +713,7 @@ def test_a_client_that_never_reads_its_acks_stalls_nobody_and_is_closed(daemons,
         assert hostile.connect({"username": "mute", "password": ""})[:2] == "40"
     else:
         assert hostile.login("mute", "") is True
-    stop = threading.Event()
-    good = streamer(d.url, "talker", stop)
+    good = bystander(d.url, "talker").start()
     try:
         jpeg = make_jpeg(16, 16)
         alive = "2" if eio == 3 else "3"  # a ping (3), a pong (4): it stays alive, unread
@@ -766,12 +737,11 @@ def test_a_client_that_never_reads_its_acks_stalls_nobody_and_is_closed(daemons,
         # the other client's frames still reach the worker (an ack merely released by the
         # 1 s hold would not say so: its frame is dropped)
         assert processed() - before >= 15, (before, processed())  # 10 fps for 3 s
-        assert good["error"] is None and good["failed"] == 0, good
+        assert good.failed == 0, good.failed  # (a failed connect raised at start)
         wait_for(lambda: "mute" not in d.health()["clients"] or
                  not d.health()["clients"]["mute"].get("connected"), 30,
                  what="the client that reads nothing closed")
     finally:
-        stop.set()
-        good["thread"].join(10)
+        good.stop()
         hostile.close()
-    assert good["failed"] == 0, good
+    assert good.failed == 0, good.failed

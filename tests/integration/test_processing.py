@@ -21,7 +21,7 @@ from camstream import bus, wire
 from camstream.client import folder_frames
 from camstream.wire import Header
 from tests.helpers import ROOT, make_jpeg, wait_for
-from tests.helpers.streaming import send_frames
+from tests.helpers.streaming import Streamer, send_frames
 from workers import builtin, processors
 
 HEADER = Header("alice", "sid", 1, time.time_ns(), 0)
@@ -561,21 +561,14 @@ def test_recording_prunes_the_oldest_days(tmp_path, daemons):
     assert (root / "old" / "2001-01-02").exists() and (root / "old" / "2001-01-03").exists()
 
 
-def test_a_worker_killed_mid_write_leaves_no_partial_file(tmp_path, daemons, clients):
+def test_a_worker_killed_mid_write_leaves_no_partial_file(tmp_path, daemons):
     root = tmp_path / "rec"
     d = daemons("--record", str(root), workers=2)
-    sio = clients(d.url, "alice")
     frames = [make_jpeg(640, 480, quality=95, seed=i) for i in range(40)]
     sent = set(frames)
-    stop = threading.Event()
-
-    def stream():
-        n = 0
-        while not stop.is_set():
-            sio.call("frame", ({}, frames[n % len(frames)]), timeout=10)
-            n += 1
-    sender = threading.Thread(target=stream, daemon=True)
-    sender.start()
+    # as fast as acks come back (fps=0): many writes for the kills to land in
+    sender = Streamer(d.url, "alice", fps=0, frames=frames, timeout=10,
+                      reconnection=False).start()
     try:
         for _ in range(3):
             wait_for(lambda: recorded(root, "alice"), 20, what="recordings")
@@ -585,8 +578,7 @@ def test_a_worker_killed_mid_write_leaves_no_partial_file(tmp_path, daemons, cli
             wait_for(lambda: (c := d.child("worker 1")) and c.pid != victim.pid, 30,
                      what="worker 1 to be replaced")
     finally:
-        stop.set()
-        sender.join(15)
+        sender.stop()
     files = recorded(root, "alice")
     assert len(files) > 20
     assert all(f.read_bytes() in sent for f in files)  # every .jpg whole, as sent
