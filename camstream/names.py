@@ -7,6 +7,6 @@ def safe(name: str) -> str:
     """``name`` as one path component. Names are checked at login (letters, digits and
     ``_.@-``, not first: those pass unchanged); this is belt and braces: no separator, no NUL,
     never ``.``/``..`` or hidden, never empty. Two names that login accepts never share a file
-(those pass unchanged); names it refuses may (``a/b`` and ``a_b``)."""
+    (those pass unchanged); names it refuses may (``a/b`` and ``a_b``)."""
     name = name.replace("/", "_").replace("\0", "_")
     return "_" + name if name.startswith(".") or not name else name

@@ -114,7 +114,7 @@ MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 ZERO_COPY = 1 << 16  # a frame this large is lent to ZeroMQ, not copied (pyzmq's threshold)
 
 
-def send_parts(sock: zmq.Socket, *parts: bytes) -> None:
+def send_parts(sock: zmq.Socket, parts: tuple) -> None:
     """``sock.send_multipart(parts, NOBLOCK)``, at half its cost: a part is copied unless it
     is large (a small ``copy=False`` part is copied too, after a ``zmq.Frame`` is made for
     it). zmq.Again when the socket has no room; then nothing was sent (ZeroMQ takes the rest
@@ -199,7 +199,7 @@ class Dispatcher:
             self.waiting -= 1
         box.frames.append(Pending(header, jpeg, seq, on_release, time.monotonic()))
         self.waiting += 1
-        send_parts(self.bus_pub, *wire.Frame.published_parts(box.topic, header, jpeg))
+        send_parts(self.bus_pub, wire.Frame.published_parts(box.topic, header, jpeg))
         if self.router is not None:
             self.router.frame(box.client, time.monotonic())
         if was_empty:
@@ -322,7 +322,7 @@ class Dispatcher:
         or stopping) and the frame is still ours."""
         while True:
             try:
-                send_parts(lane.push, *wire.Frame.parts(header, jpeg))
+                send_parts(lane.push, wire.Frame.parts(header, jpeg))
                 return True
             except zmq.Again:
                 if lane.worker is not None and not self.router.alive(lane.worker):

@@ -90,5 +90,5 @@ def test_the_check_sees_a_hand_built_send():
     tree = ast.parse("sock.send_multipart([b'raw', header, jpeg])\n"
                      "send_parts(sock, header, jpeg)\n"
                      "sock.send_multipart(wire.Stats('x', {}).pack())\n"
-                     "send_parts(sock, *wire.Frame.parts(header, jpeg))\n")
+                     "send_parts(sock, wire.Frame.parts(header, jpeg))\n")
     assert hand_built_sends(tree) == [1, 2]
