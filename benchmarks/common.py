@@ -91,7 +91,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
         children = []
-    terminate(proc, timeout, kill_timeout=10)
+    terminate(proc, timeout)
     kill_leftovers(children)
 
 

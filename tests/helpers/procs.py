@@ -17,10 +17,10 @@ from tests.helpers.waiting import wait_for
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def terminate(proc: subprocess.Popen, timeout: float = 5,
-              kill_timeout: float | None = None) -> int:
-    """Stop a process a test started, by its pid: SIGTERM, a bounded wait, then SIGKILL (and a
-    wait of ``kill_timeout`` s, if given, for it to go)."""
+def terminate(proc: subprocess.Popen, timeout: float = 5, kill_timeout: float = 10) -> int:
+    """Stop a process a test started, by its pid: SIGTERM, a bounded wait, then SIGKILL and a
+    wait of ``kill_timeout`` s for it to go (TimeoutExpired past that: a process stuck in the
+    kernel, which a test must not wait for forever)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
